@@ -1,0 +1,54 @@
+# Everything a fresh clone needs: `make train`, `make test`. Nothing here assumes a tool
+# installed by hand: Poetry itself is bootstrapped into .tools/ on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+TOOLS := .tools
+POETRY := $(TOOLS)/bin/poetry
+VENV := .venv
+STAMP := $(VENV)/.hpa-installed
+# Poetry reaches the package index through poetry-plugin-pypi-mirror; the URL is read from
+# pip's own configuration at run time and never written into a file.
+MIRROR_URL = $(shell $(PYTHON) scripts/index_url.py)
+RUN := NO_ALBUMENTATIONS_UPDATE=1 $(VENV)/bin/python
+export NO_ALBUMENTATIONS_UPDATE := 1
+
+.PHONY: install train test test-fast test-kaggle lint format lock build clean
+
+install: $(STAMP)
+
+$(POETRY):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install -q --upgrade pip
+	$(TOOLS)/bin/pip install -q "poetry>=2.1,<3" "poetry-plugin-pypi-mirror>=0.6"
+
+$(STAMP): $(POETRY) pyproject.toml poetry.lock
+	@[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
+	POETRY_PYPI_MIRROR_URL="$(MIRROR_URL)" $(POETRY) install --no-interaction --with dev
+	@touch $(STAMP)
+
+lock: $(POETRY)
+	POETRY_PYPI_MIRROR_URL="$(MIRROR_URL)" $(POETRY) lock --no-interaction
+
+train: install
+	$(RUN) -m hpa.train $(ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check src tests scripts
+	$(VENV)/bin/ruff format --check src tests scripts
+
+format: install
+	$(VENV)/bin/ruff format src tests scripts
+	$(VENV)/bin/ruff check --fix src tests scripts
+
+# The whole suite, lint included: this is what CI runs.
+test: install lint
+	$(RUN) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: install
+	$(RUN) -m pytest -q -m "not slow and not kaggle_env" $(PYTEST_ARGS)
+
+build: install
+	$(POETRY) build --no-interaction
+
+clean:
+	rm -rf dist build .pytest_cache outputs

@@ -1,0 +1,1 @@
+"""Files -> records, images, folds, transforms, datasets. Imports nothing from `hpa.models`."""

@@ -1,0 +1,91 @@
+"""Reading the four channel files of one HPA sample into an H x W x 4 uint8 array."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from hpa.errors import InputError
+
+# Channel order everywhere in hpa: red (microtubules), green (protein), blue (nucleus), yellow (ER).
+CHANNELS: tuple[str, ...] = ("red", "green", "blue", "yellow")
+EXTENSIONS: tuple[str, ...] = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+
+cv2.setNumThreads(1)  # DataLoader workers parallelise; OpenCV's own pool would oversubscribe.
+
+
+def channel_path(image_dir: str | Path, sample_id: str, channel: str) -> Path:
+    """The file of one channel, whichever supported extension it has."""
+    image_dir = Path(image_dir)
+    for ext in EXTENSIONS:
+        path = image_dir / f"{sample_id}_{channel}{ext}"
+        if path.exists():
+            return path
+    raise InputError(
+        f"missing image {image_dir / f'{sample_id}_{channel}.png'} (also tried {', '.join(EXTENSIONS[1:])}); "
+        "every sample needs red, green, blue and yellow files"
+    )
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """8-bit as is; 16-bit scaled by 255/65535 (not clipped); float assumed in [0, 1]."""
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.uint16:
+        return ((image.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    if np.issubdtype(image.dtype, np.floating):
+        return np.clip(image * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    raise InputError(f"unsupported pixel type {image.dtype}; expected 8- or 16-bit images")
+
+
+def read_channel(path: str | Path) -> np.ndarray:
+    """One grayscale channel as uint8. Colour files (some public HPA JPGs) keep their brightest plane."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"missing image {path}")
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None or image.size == 0:
+        raise InputError(f"cannot decode {path}: the file is corrupt or not an image; re-download or remove it")
+    if image.ndim == 3:
+        image = image[..., :3].max(axis=2)
+    return to_uint8(image)
+
+
+def read_sample(
+    image_dir: str | Path, sample_id: str, size: int | None = None
+) -> np.ndarray:
+    """H x W x 4 uint8 (red, green, blue, yellow), resized to size x size with area interpolation."""
+    planes = []
+    for channel in CHANNELS:
+        path = channel_path(image_dir, sample_id, channel)
+        planes.append((path, read_channel(path)))
+    shapes = {plane.shape for _, plane in planes}
+    if len(shapes) > 1:
+        detail = ", ".join(f"{p.name}: {a.shape[1]}x{a.shape[0]}" for p, a in planes)
+        raise InputError(f"channel sizes disagree for sample {sample_id} ({detail}); re-export the sample")
+    image = np.stack([plane for _, plane in planes], axis=-1)
+    if size is not None and image.shape[:2] != (size, size):
+        image = resize(image, size)
+    return image
+
+
+def resize(image: np.ndarray, size: int) -> np.ndarray:
+    """Square resize; area interpolation when shrinking (no aliasing), linear when growing."""
+    interp = cv2.INTER_AREA if image.shape[0] > size else cv2.INTER_LINEAR
+    channels = image.shape[2] if image.ndim == 3 else 1
+    if channels <= 4:
+        return cv2.resize(image, (size, size), interpolation=interp).reshape(size, size, *image.shape[2:])
+    return np.stack(
+        [cv2.resize(image[..., c], (size, size), interpolation=interp) for c in range(channels)], axis=-1
+    )
+
+
+def write_channel(path: str | Path, plane: np.ndarray) -> None:
+    """Write one channel atomically (tmp file + rename) so a kill never leaves half a PNG."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+    if not cv2.imwrite(str(tmp), plane):
+        raise OSError(f"could not write {path}")
+    tmp.replace(path)

@@ -1,0 +1,61 @@
+"""Albumentations pipelines built from config lists (`- {name: HorizontalFlip, p: 0.5}`)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import albumentations as A  # noqa: E402
+import numpy as np  # noqa: E402
+
+from hpa.errors import InputError  # noqa: E402
+
+
+class PerChannelBrightnessContrast(A.ImageOnlyTransform):
+    """Brightness and contrast jittered independently per channel: stains vary per channel."""
+
+    def __init__(self, brightness: float = 0.1, contrast: float = 0.1, p: float = 0.5):
+        super().__init__(p=p)
+        self.brightness = brightness
+        self.contrast = contrast
+
+    def get_params_dependent_on_data(self, params: dict, data: dict) -> dict:
+        channels = data["image"].shape[-1] if data["image"].ndim == 3 else 1
+        jitter = self.py_random.uniform
+        return {
+            "alpha": np.array([1.0 + jitter(-self.contrast, self.contrast) for _ in range(channels)]),
+            "beta": np.array([jitter(-self.brightness, self.brightness) for _ in range(channels)]),
+        }
+
+    def apply(self, img: np.ndarray, alpha: np.ndarray, beta: np.ndarray, **params: Any) -> np.ndarray:
+        out = img.astype(np.float32) * alpha + beta * 255.0
+        return np.clip(out, 0, 255).astype(np.uint8)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("brightness", "contrast")
+
+
+CUSTOM = {"PerChannelBrightnessContrast": PerChannelBrightnessContrast}
+
+
+def build_transform(steps: Sequence[Mapping[str, Any]] | None) -> A.Compose | None:
+    """`[{name: Flip, p: 0.5}, ...]` -> `A.Compose`; None or [] -> no augmentation."""
+    if not steps:
+        return None
+    ops = []
+    for step in steps:
+        step = dict(step)
+        name = step.pop("name", None)
+        cls = CUSTOM.get(name) or getattr(A, str(name), None)
+        if cls is None:
+            raise InputError(
+                f"unknown augmentation {name!r}; use an albumentations class name or one of {sorted(CUSTOM)}"
+            )
+        try:
+            ops.append(cls(**step))
+        except (TypeError, ValueError) as err:
+            raise InputError(f"augmentation {name}: {err}") from None
+    return A.Compose(ops)
