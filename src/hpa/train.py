@@ -1,0 +1,91 @@
+"""python -m hpa.train [overrides]: fit, pick the best checkpoint, write metrics.json and model/."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from hpa.errors import exit_on_input_error
+
+
+def run_dir_for(ckpt_path: str | None, default: str) -> str:
+    """A resumed run continues in the folder that holds its checkpoints/."""
+    if ckpt_path:
+        path = Path(ckpt_path)
+        if path.parent.name == "checkpoints":
+            return str(path.parent.parent)
+    return default
+
+
+OmegaConf.register_new_resolver("hpa_run_dir", run_dir_for, replace=True)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train as configured; return the metrics of the best checkpoint."""
+    import pytorch_lightning as pl
+    from hydra.utils import instantiate
+
+    from hpa.data.datamodule import HPADataModule
+    from hpa.demo import ensure_synthetic_data
+    from hpa.labels import CLASS_NAMES
+    from hpa.training.finish import finish_run
+    from hpa.training.module import HPAModule
+
+    pl.seed_everything(cfg.seed, workers=True)
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    ensure_synthetic_data(data_cfg["root"], data_cfg["train_csv"], data_cfg.pop("synthetic"))
+    datamodule = HPADataModule(**data_cfg)
+    module = HPAModule(
+        model=OmegaConf.to_container(cfg.model, resolve=True),
+        optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
+        loss=OmegaConf.to_container(cfg.loss, resolve=True),
+        class_names=CLASS_NAMES,
+        image_size=cfg.data.image_size,
+    )
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    loggers = [instantiate(c) for c in cfg.logger.values() if c is not None] if cfg.get("logger") else False
+    trainer = pl.Trainer(
+        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        callbacks=callbacks,
+        logger=loggers,
+        default_root_dir=cfg.paths.output_dir,
+    )
+    trainer.fit(module, datamodule=datamodule, ckpt_path=check_ckpt(cfg.ckpt_path))
+    if not cfg.export:
+        return {k: float(v) for k, v in trainer.callback_metrics.items()}
+    return finish_run(trainer, module, datamodule, Path(cfg.paths.output_dir), cfg)
+
+
+def check_ckpt(ckpt_path: str | None) -> str | None:
+    from hpa.errors import InputError
+
+    if ckpt_path and not Path(ckpt_path).is_file():
+        raise InputError(f"ckpt_path={ckpt_path} does not exist; point it at a .ckpt from checkpoints/")
+    return ckpt_path
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="train")
+@exit_on_input_error
+def _hydra_main(cfg: DictConfig) -> None:
+    train(cfg)
+
+
+def main() -> None:
+    # The contract's `paths.output_dir=DIR` sets Hydra's run folder (in a multirun, the sweep folder).
+    argv = sys.argv[1:]
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    for i, arg in enumerate(argv):
+        if arg.startswith("paths.output_dir="):
+            key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+            if not any(a.startswith(key + "=") for a in argv):
+                argv[i] = f"{key}={arg.split('=', 1)[1]}"
+    sys.argv[1:] = argv
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The Lightning module, callbacks and the end-of-run outputs (metrics.json, model/)."""
