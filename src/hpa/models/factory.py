@@ -40,7 +40,7 @@ def create_backbone(
         path = Path(pretrained_path)
         if not path.is_file():
             raise InputError(f"model.pretrained_path={path} does not exist; give a local weights file")
-        kwargs["pretrained_cfg_overlay"] = {"file": str(path), "num_classes": None}
+        kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
         pretrained = True
     try:
         return timm.create_model(backbone, pretrained=pretrained, **kwargs)
