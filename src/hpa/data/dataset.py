@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -26,7 +27,9 @@ class RawImages:
     def __init__(self, image_dir: str | Path, size: int):
         self.image_dir = Path(image_dir)
         self.size = size
-        self.description = f"raw images in {self.image_dir} (decoded and resized to {size} px on every read)"
+        self.description = (
+            f"raw images in {self.image_dir} (decoded and resized to {size} px on every read)"
+        )
 
     def load(self, sample_id: str) -> np.ndarray:
         return read_sample(self.image_dir, sample_id, self.size)
@@ -48,5 +51,13 @@ class ImageDataset(Dataset):
         image = self.source.load(self.ids[index])
         if self.transform is not None:
             image = self.transform(image=image)["image"]
-        tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        tensor = torch.from_numpy(channels_first(image))
         return tensor, self.targets[index]
+
+
+def channels_first(image: np.ndarray) -> np.ndarray:
+    """H x W x C -> contiguous C x H x W. cv2.split writes each plane into place, several times
+    faster than numpy's strided transpose copy (a visible share of the cached loader's time)."""
+    out = np.empty((image.shape[2], *image.shape[:2]), dtype=image.dtype)
+    cv2.split(image, list(out))
+    return out

@@ -9,6 +9,7 @@ from typing import Any
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import albumentations as A  # noqa: E402
+import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from hpa.errors import InputError  # noqa: E402
@@ -26,19 +27,47 @@ class PerChannelBrightnessContrast(A.ImageOnlyTransform):
         channels = data["image"].shape[-1] if data["image"].ndim == 3 else 1
         jitter = self.py_random.uniform
         return {
-            "alpha": np.array([1.0 + jitter(-self.contrast, self.contrast) for _ in range(channels)]),
+            "alpha": np.array(
+                [1.0 + jitter(-self.contrast, self.contrast) for _ in range(channels)]
+            ),
             "beta": np.array([jitter(-self.brightness, self.brightness) for _ in range(channels)]),
         }
 
-    def apply(self, img: np.ndarray, alpha: np.ndarray, beta: np.ndarray, **params: Any) -> np.ndarray:
-        out = img.astype(np.float32) * alpha + beta * 255.0
-        return np.clip(out, 0, 255).astype(np.uint8)
+    def apply(
+        self, img: np.ndarray, alpha: np.ndarray, beta: np.ndarray, **params: Any
+    ) -> np.ndarray:
+        if img.dtype != np.uint8:
+            return np.clip(img.astype(np.float32) * alpha + beta * 255.0, 0, 255).astype(np.uint8)
+        # The same arithmetic on the 256 levels, then a table look-up per channel: identical
+        # output, ~15x faster than on every pixel (it was half of the cached loader's time).
+        levels = np.arange(256, dtype=np.float32)[:, None]
+        lut = np.clip(levels * alpha + beta * 255.0, 0, 255).astype(np.uint8)
+        if img.ndim == 2:
+            return cv2.LUT(img, lut[:, 0])
+        return cv2.LUT(img, np.ascontiguousarray(lut.reshape(1, 256, -1))).reshape(img.shape)
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
         return ("brightness", "contrast")
 
 
-CUSTOM = {"PerChannelBrightnessContrast": PerChannelBrightnessContrast}
+class RandomRotate90(A.RandomRotate90):
+    """albumentations' RandomRotate90 (same parameters, same output) through cv2.rotate: np.rot90
+    followed by albumentations' contiguous copy is a strided gather, ~5x slower per image."""
+
+    CV2_CODES = {1: cv2.ROTATE_90_COUNTERCLOCKWISE, 2: cv2.ROTATE_180, 3: cv2.ROTATE_90_CLOCKWISE}
+
+    def apply(self, img: np.ndarray, factor: int, **params: Any) -> np.ndarray:
+        if factor == 0 or img.dtype != np.uint8 or (img.ndim == 3 and img.shape[2] > 4):
+            return super().apply(img, factor, **params)
+        height, width = img.shape[:2]
+        shape = (width, height, *img.shape[2:]) if factor % 2 else img.shape
+        return cv2.rotate(img, self.CV2_CODES[factor]).reshape(shape)  # cv2 drops a 1-channel axis
+
+
+CUSTOM = {
+    "PerChannelBrightnessContrast": PerChannelBrightnessContrast,
+    "RandomRotate90": RandomRotate90,
+}
 
 
 def build_transform(steps: Sequence[Mapping[str, Any]] | None) -> A.Compose | None:
