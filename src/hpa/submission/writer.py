@@ -1,0 +1,100 @@
+"""The submission CSV: reading the sample submission, formatting rows, writing them resumably."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from hpa.errors import InputError
+
+COLUMNS = ["ID", "ImageWidth", "ImageHeight", "PredictionString"]
+
+
+def read_sample_submission(path: str | Path) -> pd.DataFrame:
+    """`ID,ImageWidth,ImageHeight,...` with positive integer sizes; the rows to predict, in order."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"missing sample submission {path}; pass sample_submission=FILE")
+    try:
+        frame = pd.read_csv(path, dtype={"ID": str}, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as err:
+        raise InputError(
+            f"{path} is not a readable CSV ({err}); expected {','.join(COLUMNS)}"
+        ) from None
+    missing = {"ID", "ImageWidth", "ImageHeight"} - set(frame.columns)
+    if missing:
+        raise InputError(f"{path} lacks column(s) {sorted(missing)}; expected {','.join(COLUMNS)}")
+    for column in ("ImageWidth", "ImageHeight"):
+        sizes = pd.to_numeric(frame[column], errors="coerce")
+        bad = frame["ID"][sizes.isna() | (sizes <= 0) | (sizes % 1 != 0)]
+        if not bad.empty:
+            raise InputError(f"{path}: {column} of ID {bad.iloc[0]} is not a positive integer")
+        frame[column] = sizes.astype(int)
+    dup = frame["ID"][frame["ID"].duplicated()]
+    if not dup.empty:
+        raise InputError(f"{path}: ID {dup.iloc[0]} appears more than once")
+    return frame[["ID", "ImageWidth", "ImageHeight"]]
+
+
+def prediction_string(masks: Sequence[str], probs: np.ndarray) -> str:
+    """`class confidence mask` for every (cell, class); each cell's mask text is reused."""
+    parts = []
+    for mask, row in zip(masks, probs, strict=True):
+        parts.extend(f"{c} {p:.6g} {mask}" for c, p in enumerate(row))
+    return " ".join(parts)
+
+
+class SubmissionWriter:
+    """Streams rows to a hidden partial file and renames it to `path` once every row is in.
+
+    A killed run resumes: with the same `fingerprint`, rows already in the partial file are kept
+    and `done` says how many to skip; anything else starts over.
+    """
+
+    def __init__(
+        self, path: str | Path, ids: Sequence[str], fingerprint: dict[str, Any], resume: bool = True
+    ):
+        self.path = Path(path)
+        self.ids = list(ids)
+        self.partial = self.path.with_name(f".{self.path.name}.partial")
+        self.meta = self.path.with_name(f".{self.path.name}.partial.json")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        stamp = json.dumps(fingerprint, sort_keys=True, default=str)
+        self.done = self._resumable_rows(stamp) if resume else 0
+        if self.done == 0:
+            self.meta.write_text(stamp)
+            with open(self.partial, "w", newline="") as f:
+                csv.writer(f, lineterminator="\n").writerow(COLUMNS)
+
+    def _resumable_rows(self, stamp: str) -> int:
+        """Complete rows of a previous identical run, in sample-submission order (0 if none)."""
+        if not (self.partial.exists() and self.meta.exists()) or self.meta.read_text() != stamp:
+            return 0
+        text = self.partial.read_text()
+        lines = text.split("\n")[:-1]  # a last line without its newline was cut off mid-write
+        if not lines or lines[0] != ",".join(COLUMNS):
+            return 0
+        rows = [line.split(",", 1)[0] for line in lines[1:]]
+        if rows != self.ids[: len(rows)]:
+            return 0
+        keep = sum(len(line) + 1 for line in lines)
+        with open(self.partial, "r+") as f:
+            f.truncate(len(text[:keep].encode()))
+        return len(rows)
+
+    def write(self, sample_id: str, width: int, height: int, prediction: str) -> None:
+        # Opened per row: each row is on disk before the next image starts, ready for a resume.
+        with open(self.partial, "a", newline="") as f:
+            csv.writer(f, lineterminator="\n").writerow([sample_id, width, height, prediction])
+
+    def commit(self) -> Path:
+        """Move the finished file into place; the partial files go."""
+        self.partial.replace(self.path)
+        self.meta.unlink(missing_ok=True)
+        return self.path
