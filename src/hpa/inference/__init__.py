@@ -1,0 +1,1 @@
+"""From an image to per-cell class probabilities: classifiers, TTA, ensembling and combination."""

@@ -1,0 +1,86 @@
+"""Exported models as classifiers: loading, flip TTA and the mean ensemble."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hpa.errors import InputError
+from hpa.labels import CLASS_NAMES
+from hpa.models.export import load_exported
+from hpa.models.net import HPANet
+
+LEVELS = ("image", "cell")
+# Flip TTA: the image dimensions to flip (N x C x H x W: 2 = vertical, 3 = horizontal).
+FLIPS: dict[str, tuple[int, ...]] = {"none": (), "hflip": (3,), "vflip": (2,), "hvflip": (2, 3)}
+
+
+@dataclass
+class Classifier:
+    """One exported model: whole images (level=image) or cell crops (level=cell) of `size` px."""
+
+    net: HPANet
+    level: str
+    size: int
+    cell_margin: float | None
+    name: str
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_classifiers(model_dirs: Sequence[str | Path], device: torch.device) -> list[Classifier]:
+    """Load every `model/` folder; all must predict the 19 competition classes."""
+    if not model_dirs:
+        raise InputError(
+            "no models given; pass models=[MODEL_DIR,...] (the model/ folder hpa.train writes)"
+        )
+    classifiers = []
+    for model_dir in model_dirs:
+        net, config = load_exported(model_dir, device=device)
+        if list(config.get("class_names", [])) != list(CLASS_NAMES):
+            raise InputError(f"{model_dir}: its classes are not the 19 HPA classes; re-export it")
+        level = config.get("level", "image")
+        if level not in LEVELS:
+            raise InputError(f"{model_dir}: level {level!r} in config.json is not one of {LEVELS}")
+        classifiers.append(
+            Classifier(
+                net, level, int(config["image_size"]), config.get("cell_margin"), str(model_dir)
+            )
+        )
+    return classifiers
+
+
+def flips_for(tta: Sequence[str] | int) -> list[tuple[int, ...]]:
+    """`[none, hflip]` or a count (1-4, in the order none, hflip, vflip, hvflip) -> flip dims."""
+    names = list(FLIPS)[: int(tta)] if isinstance(tta, int) else list(tta)
+    unknown = [n for n in names if n not in FLIPS]
+    if unknown or not names:
+        raise InputError(f"tta={tta!r}: use a list of {', '.join(FLIPS)} or a count 1-{len(FLIPS)}")
+    return [FLIPS[n] for n in names]
+
+
+@torch.inference_mode()
+def predict_probs(
+    nets: Sequence[HPANet], images: np.ndarray, flips: Sequence[tuple[int, ...]], batch_size: int
+) -> np.ndarray:
+    """N x S x S x 4 uint8 -> N x classes: sigmoid averaged over every net and flip."""
+    device = next(nets[0].parameters()).device
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
+        batch = batch.permute(0, 3, 1, 2).to(device)
+        total = None
+        for net in nets:
+            for dims in flips:
+                probs = torch.sigmoid(net(batch.flip(dims) if dims else batch).float())
+                total = probs if total is None else total + probs
+        out.append((total / (len(nets) * len(flips))).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, len(CLASS_NAMES)), np.float32)

@@ -1,0 +1,115 @@
+"""python -m hpa.predict models=[MODEL_DIR,...] input_dir=DIR sample_submission=FILE submission=OUT.csv"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from hpa.cli import compose, setup_logging
+from hpa.errors import InputError, exit_on_input_error
+
+log = logging.getLogger("hpa.predict")
+REQUIRED = ("models", "input_dir", "sample_submission")
+
+
+def predict(cfg: DictConfig) -> Path:
+    """Write the submission for every row of the sample submission; return its path."""
+    from tqdm import tqdm
+
+    from hpa.data.images import read_sample
+    from hpa.inference.classifiers import load_classifiers, resolve_device
+    from hpa.inference.predictor import PredictOptions, Predictor
+    from hpa.segment.factory import build_segmenter
+    from hpa.submission.writer import SubmissionWriter, prediction_string, read_sample_submission
+
+    check_required(cfg)
+    rows = read_sample_submission(cfg.sample_submission)
+    device = resolve_device(cfg.device)
+    models = cfg.models if OmegaConf.is_list(cfg.models) else [cfg.models]
+    classifiers = load_classifiers([str(m) for m in models], device)
+    segmenter_cfg = OmegaConf.to_container(cfg.segmenter, resolve=True)
+    segmenter = build_segmenter(segmenter_cfg.pop("name"), **segmenter_cfg)
+    predictor = Predictor(classifiers, segmenter, options_from(cfg, PredictOptions))
+    log.info(
+        "predict: %d images, models %s (%s) on %s, segmenter %s",
+        len(rows),
+        [c.name for c in classifiers],
+        [c.level for c in classifiers],
+        device,
+        cfg.segmenter.name,
+    )
+
+    fingerprint = OmegaConf.to_container(cfg, resolve=True)
+    for key in ("progress", "resume", "submission"):
+        fingerprint.pop(key, None)
+    writer = SubmissionWriter(cfg.submission, rows["ID"].tolist(), fingerprint, resume=cfg.resume)
+    if writer.done:
+        log.info("predict: resuming after %d rows already in %s", writer.done, writer.partial)
+    n_cells = 0
+    # Rows go to disk one image at a time: no mask outlives its image, and a killed run resumes.
+    todo = rows.iloc[writer.done :].itertuples(index=False)
+    bar = tqdm(
+        todo,
+        total=len(rows),
+        initial=writer.done,
+        desc="predict",
+        unit="img",
+        disable=not cfg.progress,
+    )
+    for row in bar:
+        image = read_sample(cfg.input_dir, row.ID)
+        if image.shape[:2] != (row.ImageHeight, row.ImageWidth):
+            raise InputError(
+                f"image {row.ID} in {cfg.input_dir} is {image.shape[1]}x{image.shape[0]} px but "
+                f"{cfg.sample_submission} says {row.ImageWidth}x{row.ImageHeight}; fix one of them"
+            )
+        cells = predictor(row.ID, image)
+        n_cells += len(cells.masks)
+        text = prediction_string(cells.masks, cells.probs)
+        writer.write(row.ID, row.ImageWidth, row.ImageHeight, text)
+    out = writer.commit()
+    timing = ", ".join(f"{k} {v:.3f}" for k, v in predictor.per_image_seconds().items())
+    log.info("predict: seconds per image: %s", timing)
+    print(f"wrote {len(rows)} rows ({n_cells} cells) to {out}")
+    return out
+
+
+def check_required(cfg: DictConfig) -> None:
+    missing = [key for key in REQUIRED if OmegaConf.is_missing(cfg, key)]
+    if missing:
+        raise InputError(
+            f"missing {', '.join(missing)}; run python -m hpa.predict models=[MODEL_DIR,...] "
+            "input_dir=DIR sample_submission=FILE submission=OUT.csv"
+        )
+    if not Path(cfg.input_dir).is_dir():
+        raise InputError(
+            f"input_dir={cfg.input_dir} is not a folder of {{ID}}_{{red,green,blue,yellow}} images"
+        )
+
+
+def options_from(cfg: DictConfig, options_cls):
+    return options_cls(
+        tta=cfg.tta if isinstance(cfg.tta, int) else list(cfg.tta),
+        batch_size=int(cfg.batch_size),
+        image_model_on_cells=bool(cfg.image_model_on_cells),
+        image_model_crop=cfg.image_model_crop,
+        cell_margin=float(cfg.cell_margin),
+        method=cfg.combine.method,
+        cell_weight=float(cfg.combine.cell_weight),
+        border_weight=float(cfg.downweight.border),
+        small_weight=float(cfg.downweight.small),
+        small_fraction=float(cfg.downweight.small_fraction),
+    )
+
+
+@exit_on_input_error
+def main(argv: list[str] | None = None) -> None:
+    setup_logging()
+    predict(compose("predict", sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    main()

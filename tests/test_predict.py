@@ -1,0 +1,359 @@
+"""`python -m hpa.predict`: the submission format, combination, resume, errors and end to end."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from hpa.errors import InputError
+from hpa.inference.classifiers import flips_for
+from hpa.inference.combine import cell_weights, combine
+from hpa.labels import CLASS_NAMES, NUM_CLASSES
+from hpa.models.export import export_model
+from hpa.models.factory import create_backbone
+from hpa.models.net import HPANet
+from hpa.predict import main
+from hpa.segment.base import Segmentation
+from hpa.submission.encoding import decode_binary_mask
+from hpa.submission.writer import SubmissionWriter, prediction_string, read_sample_submission
+from hpa.synthetic import SyntheticConfig, generate_dataset
+
+MEAN, STD = [0.08, 0.05, 0.05, 0.08], [0.15, 0.11, 0.16, 0.15]
+
+
+def export_untrained(out: Path, level: str, size: int, seed: int = 0) -> Path:
+    import torch
+
+    torch.manual_seed(seed)
+    net = HPANet(create_backbone("test_resnet", num_classes=NUM_CLASSES, in_chans=4), MEAN, STD)
+    meta = {
+        "backbone": "test_resnet",
+        "num_classes": NUM_CLASSES,
+        "in_chans": 4,
+        "class_names": list(CLASS_NAMES),
+        "image_size": size,
+        "level": level,
+        "cell_margin": 0.05 if level == "cell" else None,
+    }
+    return export_model(net, out, meta)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    return {
+        "image": export_untrained(root / "image", "image", 64),
+        "cell": export_untrained(root / "cell", "cell", 32, seed=1),
+    }
+
+
+@pytest.fixture(scope="module")
+def testset(tmp_path_factory) -> Path:
+    """16-bit synthetic test images of two sizes (64 and 80 px) in one folder, with truth."""
+    root = tmp_path_factory.mktemp("testset")
+    parts = []
+    for size, seed in ((64, 11), (80, 12)):
+        cfg = SyntheticConfig(
+            n_images=3, seed=seed, image_size=size, bit_depth=16, split="test", workers=1
+        )
+        parts.append(generate_dataset(cfg, root / f"part{size}", progress=False))
+    for sub in ("test", "masks", "nuclei"):
+        (root / sub).mkdir()
+        for part in parts:
+            for f in (part / sub).iterdir():
+                shutil.copy(f, root / sub / f.name)
+    frames = [pd.read_csv(p / "sample_submission.csv", keep_default_na=False) for p in parts]
+    pd.concat(frames).to_csv(root / "sample_submission.csv", index=False)
+    return root
+
+
+def run_predict(models: list[Path], testset: Path, out: Path, *extra: str) -> pd.DataFrame:
+    main(
+        [
+            f"models=[{','.join(str(m) for m in models)}]",
+            f"input_dir={testset / 'test'}",
+            f"sample_submission={testset / 'sample_submission.csv'}",
+            f"submission={out}",
+            "progress=false",
+            *extra,
+        ]
+    )
+    return pd.read_csv(out, keep_default_na=False, dtype={"ID": str})
+
+
+def parse(submission: pd.DataFrame) -> dict[str, list[tuple[int, float, str]]]:
+    rows = {}
+    for row in submission.itertuples():
+        parts = row.PredictionString.split()
+        assert len(parts) % 3 == 0
+        rows[row.ID] = [
+            (int(parts[i]), float(parts[i + 1]), parts[i + 2]) for i in range(0, len(parts), 3)
+        ]
+    return rows
+
+
+def check_format(submission: pd.DataFrame, sample: pd.DataFrame) -> None:
+    """The contract: rows in order, masks decode to H x W, 19 classes per cell, confidences in [0, 1]."""
+    assert list(submission.columns) == ["ID", "ImageWidth", "ImageHeight", "PredictionString"]
+    assert submission["ID"].tolist() == sample["ID"].tolist()
+    for row, (_, triples) in zip(submission.itertuples(), parse(submission).items(), strict=True):
+        masks: dict[str, list[int]] = {}
+        for cls, conf, mask in triples:
+            assert 0 <= cls < NUM_CLASSES and 0.0 <= conf <= 1.0
+            masks.setdefault(mask, []).append(cls)
+        for mask, classes in masks.items():
+            assert sorted(classes) == list(range(NUM_CLASSES))
+            decoded = decode_binary_mask(mask, row.ImageHeight, row.ImageWidth)
+            assert decoded.shape == (row.ImageHeight, row.ImageWidth) and decoded.any()
+
+
+def test_submission_format_with_image_and_cell_models(models, testset, tmp_path):
+    out = tmp_path / "sub.csv"
+    submission = run_predict([models["image"], models["cell"]], testset, out, "tta=[none,hflip]")
+    check_format(submission, read_sample_submission(testset / "sample_submission.csv"))
+    assert sum(len(t) for t in parse(submission).values()) > 0
+    assert not list(tmp_path.glob(".*partial*"))  # the partial files were moved into place
+
+
+def test_truth_segmenter_reproduces_the_true_masks(models, testset, tmp_path):
+    submission = run_predict([models["image"]], testset, tmp_path / "sub.csv", "segmenter=truth")
+    for row in submission.itertuples():
+        truth = cv2.imread(str(testset / "masks" / f"{row.ID}.png"), cv2.IMREAD_UNCHANGED)
+        masks = {t[2] for t in parse(submission)[row.ID]}
+        decoded = [decode_binary_mask(m, row.ImageHeight, row.ImageWidth) for m in masks]
+        cells = [truth == i for i in np.unique(truth) if i > 0]
+        assert len(decoded) == len(cells)
+        assert all(any(np.array_equal(d, c) for c in cells) for d in decoded)
+
+
+def test_image_without_cells_gets_an_empty_prediction(models, testset, tmp_path):
+    masks = tmp_path / "masks"
+    shutil.copytree(testset / "masks", masks)
+    first = read_sample_submission(testset / "sample_submission.csv").iloc[0]
+    cv2.imwrite(
+        str(masks / f"{first.ID}.png"), np.zeros((first.ImageHeight, first.ImageWidth), np.uint16)
+    )
+    submission = run_predict(
+        [models["image"]],
+        testset,
+        tmp_path / "sub.csv",
+        "segmenter=truth",
+        f"segmenter.mask_dir={masks}",
+    )
+    assert submission["PredictionString"].iloc[0] == ""
+    assert all(submission["PredictionString"].iloc[1:] != "")
+
+
+def test_predictions_depend_on_the_combination(models, testset, tmp_path):
+    common = ("segmenter=truth", "image_model_on_cells=true")
+    image_only = parse(
+        run_predict(
+            [models["image"]], testset, tmp_path / "a.csv", *common, "combine.cell_weight=0.0"
+        )
+    )
+    blended = parse(run_predict([models["image"]], testset, tmp_path / "b.csv", *common))
+    sid = next(iter(image_only))
+    per_cell = lambda rows, c: [conf for cls, conf, _ in rows[sid] if cls == c]  # noqa: E731
+    assert len(set(per_cell(image_only, 0))) == 1  # the image's probability, broadcast
+    assert len(set(per_cell(blended, 0))) > 1  # the crops make cells differ
+
+
+def test_size_mismatch_names_the_image(models, testset, tmp_path, capsys):
+    sample = pd.read_csv(testset / "sample_submission.csv", keep_default_na=False)
+    sample.loc[1, "ImageWidth"] = 100
+    bad = tmp_path / "sample.csv"
+    sample.to_csv(bad, index=False)
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                f"models=[{models['image']}]",
+                f"input_dir={testset / 'test'}",
+                f"sample_submission={bad}",
+                f"submission={tmp_path / 'sub.csv'}",
+                "progress=false",
+            ]
+        )
+    assert exit_info.value.code == 2
+    assert sample.loc[1, "ID"] in capsys.readouterr().err
+    assert not (tmp_path / "sub.csv").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "missing models"),
+        (["models=[/nonexistent]", "input_dir=.", "sample_submission=x.csv"], "sample submission"),
+    ],
+)
+def test_bad_arguments_exit_2(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+REAL = Path(__file__).parents[2] / "shared" / "fixtures" / "hpa_real"
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory) -> Path:
+    """The real 2048 px fixtures as 8-bit (as shipped) and as 16-bit copies (like Kaggle's test)."""
+    if not (REAL / "train.csv").is_file():
+        pytest.skip(f"real HPA fixtures not found at {REAL} (a fresh clone has no ../shared)")
+    root = tmp_path_factory.mktemp("real")
+    ids = pd.read_csv(REAL / "train.csv")["ID"].tolist()
+    pd.DataFrame(
+        {"ID": ids, "ImageWidth": 2048, "ImageHeight": 2048, "PredictionString": ""}
+    ).to_csv(root / "sample_submission.csv", index=False)
+    (root / "sixteen").mkdir()
+    for path in (REAL / "train").glob("*.png"):
+        eight = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        cv2.imwrite(str(root / "sixteen" / path.name), eight.astype(np.uint16) * 257)
+    return root
+
+
+def test_real_images_in_8_and_16_bit_give_the_same_valid_submission(models, real, tmp_path):
+    runs = {}
+    for name, folder in (("8bit", REAL / "train"), ("16bit", real / "sixteen")):
+        main(
+            [
+                f"models=[{models['image']},{models['cell']}]",
+                f"input_dir={folder}",
+                f"sample_submission={real / 'sample_submission.csv'}",
+                f"submission={tmp_path / name}.csv",
+                "progress=false",
+            ]
+        )
+        runs[name] = pd.read_csv(tmp_path / f"{name}.csv", keep_default_na=False, dtype={"ID": str})
+    check_format(runs["8bit"], read_sample_submission(real / "sample_submission.csv"))
+    assert (runs["8bit"]["PredictionString"] != "").all()  # cells found in every real image
+    assert runs["8bit"].equals(runs["16bit"])
+
+
+def test_prediction_string_repeats_each_mask_for_all_classes():
+    probs = np.linspace(0, 1, 2 * NUM_CLASSES).reshape(2, NUM_CLASSES)
+    parts = prediction_string(["maskA", "maskB"], probs).split()
+    assert len(parts) == 3 * 2 * NUM_CLASSES
+    assert parts[0::3] == [str(c) for c in range(NUM_CLASSES)] * 2
+    assert parts[2::3] == ["maskA"] * NUM_CLASSES + ["maskB"] * NUM_CLASSES
+    assert np.allclose([float(p) for p in parts[1::3]], probs.ravel(), atol=1e-6)
+
+
+def test_combine_methods():
+    cell = np.array([[0.25, 1.0], [1.0, 0.04]])
+    image = np.array([1.0, 0.25])
+    assert np.allclose(combine(cell, image, 2, "power", 0.5), [[0.5, 0.5], [1.0, 0.1]])
+    assert np.allclose(combine(cell, image, 2, "product", 0.5), cell * image)
+    assert np.allclose(combine(cell, image, 2, "mean", 0.25), 0.25 * cell + 0.75 * image)
+    assert np.allclose(combine(None, image, 3, "power", 0.5), np.tile(image, (3, 1)))
+    assert np.allclose(combine(cell, None, 2, "power", 0.5), cell)
+    with pytest.raises(InputError, match="combine.method"):
+        combine(cell, image, 2, "max", 0.5)
+
+
+def test_border_and_small_cells_are_down_weighted():
+    cells = np.zeros((20, 20), np.int32)
+    cells[0:8, 0:8] = 1  # on the border
+    cells[10:18, 10:18] = 2
+    cells[5:7, 12:14] = 3  # tiny
+    seg = Segmentation(cells, np.zeros_like(cells), np.array([1]))
+    ids = np.array([1, 2, 3])
+    assert np.allclose(cell_weights(seg, ids, 1.0, 1.0, 0.25), [1, 1, 1])
+    assert np.allclose(cell_weights(seg, ids, 0.5, 0.2, 0.25), [0.5, 1.0, 0.2])
+
+
+def test_tta_choices():
+    assert flips_for(["none", "hflip"]) == [(), (3,)]
+    assert flips_for(4) == [(), (3,), (2,), (2, 3)]
+    with pytest.raises(InputError, match="tta"):
+        flips_for(["rotate"])
+
+
+def test_writer_resumes_a_killed_run_and_restarts_on_other_settings(tmp_path):
+    out, ids = tmp_path / "sub.csv", ["a", "b", "c"]
+    writer = SubmissionWriter(out, ids, {"models": ["m"]})
+    writer.write("a", 8, 8, "0 0.5 xyz")
+    writer.write("b", 8, 8, "")
+    with open(writer.partial, "a") as f:
+        f.write("c,8,8,0 0.")  # killed mid-row
+    resumed = SubmissionWriter(out, ids, {"models": ["m"]})
+    assert resumed.done == 2
+    resumed.write("c", 8, 8, "1 0.25 xyz")
+    resumed.commit()
+    assert out.read_text().splitlines() == [
+        "ID,ImageWidth,ImageHeight,PredictionString",
+        "a,8,8,0 0.5 xyz",
+        "b,8,8,",
+        "c,8,8,1 0.25 xyz",
+    ]
+    SubmissionWriter(out, ids, {"models": ["m"]})
+    assert SubmissionWriter(out, ids, {"models": ["other"]}).done == 0
+
+
+def test_sample_submission_errors(tmp_path):
+    path = tmp_path / "s.csv"
+    path.write_text("ID,ImageWidth\nx,64\n")
+    with pytest.raises(InputError, match="ImageHeight"):
+        read_sample_submission(path)
+    path.write_text("ID,ImageWidth,ImageHeight\nx,64,big\n")
+    with pytest.raises(InputError, match="ID x"):
+        read_sample_submission(path)
+
+
+def train_tiny(tmp: Path, name: str, *overrides: str) -> Path:
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "hpa.train",
+        "model.backbone=resnet18",
+        "data.synthetic.n_images=300",
+        "data.synthetic.image_size=64",
+        "trainer.max_epochs=8",
+        "data.num_workers=0",
+        f"paths.data_dir={tmp / 'data'}",
+        f"paths.output_dir={tmp / name}",
+        *overrides,
+    ]
+    done = subprocess.run(cmd, env=env, cwd=tmp, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return tmp / name / "model"
+
+
+@pytest.mark.slow
+def test_trained_models_beat_untrained_ones_end_to_end(tmp_path):
+    """Train tiny image and cell models, predict a fresh synthetic test set, score it."""
+    evaluate = pytest.importorskip("hpa.evaluate")
+    image_model = train_tiny(tmp_path, "image", "data.image_size=64")
+    cell_model = train_tiny(
+        tmp_path, "cell", "data=cells", "data.image_size=32", "trainer.max_epochs=6"
+    )
+    assert '"level": "cell"' in (cell_model / "config.json").read_text()
+    cfg = SyntheticConfig(
+        n_images=20,
+        seed=99,
+        image_size=64,
+        cells_per_image=(3, 5),
+        skew=0.3,
+        split="test",
+        workers=1,
+    )
+    truth = generate_dataset(cfg, tmp_path / "test", progress=False)
+    sample = read_sample_submission(truth / "sample_submission.csv")
+
+    def score(models: list[Path], name: str) -> float:
+        out = tmp_path / f"{name}.csv"
+        check_format(run_predict(models, truth, out, "segmenter=truth"), sample)
+        return evaluate.evaluate(out, truth, progress=False)["mAP"]
+
+    untrained = score([export_untrained(tmp_path / "untrained", "image", 64)], "untrained")
+    assert score([image_model], "image") > untrained + 0.1
+    assert score([cell_model], "cell") > untrained + 0.1
+    assert score([image_model, cell_model], "both") > untrained + 0.1
