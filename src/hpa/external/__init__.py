@@ -1,0 +1,1 @@
+"""External training data: public HPA images, the 2018 competition set, and merging data roots."""
