@@ -1,0 +1,249 @@
+"""python -m hpa.doctor [--json] [--model DIR]... [--output DIR]... [--bundle DIR]
+
+Checks the running environment against what hpa needs, one line per check:
+`OK`, `WARN` or `FAIL`, what was found, and after a colon the fix. Exit status 1 on any FAIL.
+Requirements come from the installed hpa's own metadata (pyproject's dependencies), so this
+never drifts from what the wheel declares.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.version import InvalidVersion, Version
+
+from hpa.errors import InputError, exit_on_input_error
+
+# Versions that decide whether an exported model's weights load and mean the same thing.
+WEIGHT_PACKAGES = ("torch", "timm")
+
+VersionOf = Callable[[str], "str | None"]
+
+
+@dataclass
+class Check:
+    status: str  # OK | WARN | FAIL
+    name: str
+    message: str
+    fix: str = ""
+
+    def line(self) -> str:
+        text = f"{self.status:<4} {self.message}"
+        return f"{text}: {self.fix}" if self.fix else text
+
+
+def installed_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def hpa_requirements() -> tuple[list[str], str | None]:
+    """(Requires-Dist, Requires-Python) of the installed hpa; InputError-free: None if absent."""
+    try:
+        return metadata.requires("hpa") or [], metadata.metadata("hpa")["Requires-Python"]
+    except metadata.PackageNotFoundError:
+        return [], None
+
+
+def spec_text(specifier: SpecifierSet) -> str:
+    """`>=2.0,<3` (lower bound first, as people write it) rather than packaging's sorted order."""
+    return ",".join(sorted((str(s) for s in specifier), key=lambda s: (not s.startswith(">"), s)))
+
+
+def install_fix(spec: str, bundle: str | None) -> str:
+    if bundle:
+        return f'pip install --no-index --find-links {bundle} "{spec}"'
+    return f'pip install "{spec}"'
+
+
+def check_python(requires_python: str | None, version: str | None = None) -> Check:
+    version = version or platform.python_version()
+    where = f"Python {version} ({sys.executable})"
+    if requires_python is None:
+        fix = "pip install hpa (offline: the bundle)"
+        return Check("FAIL", "hpa", f"hpa is not installed in {where}", fix)
+    text = f"{where}, hpa needs {requires_python}"
+    if Version(version) not in SpecifierSet(requires_python):
+        return Check("FAIL", "python", text, "use a matching Python")
+    return Check("OK", "python", text)
+
+
+def check_system() -> Check:
+    return Check("OK", "os", f"{platform.system()} {platform.release()} {platform.machine()}")
+
+
+def check_requirements(
+    requirements: Iterable[str], version_of: VersionOf, bundle: str | None = None
+) -> list[Check]:
+    """Each declared requirement against what is installed (extras' requirements skipped)."""
+    checks = []
+    for text in requirements:
+        req = Requirement(text)
+        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+            continue
+        spec = spec_text(req.specifier)
+        needs = spec or "any version"
+        have = version_of(req.name)
+        if have is not None and req.specifier.contains(have, prereleases=True):
+            checks.append(Check("OK", req.name, f"{req.name} {have} (hpa needs {needs})"))
+            continue
+        found = "is not installed" if have is None else f"{have} installed"
+        fix = install_fix(f"{req.name}{spec}", bundle)
+        checks.append(Check("FAIL", req.name, f"{req.name} {found}, hpa needs {needs}", fix))
+    return checks
+
+
+def check_gpu() -> list[Check]:
+    """CUDA, cuDNN, and per GPU: name, memory and bf16 (trainer=gpu trains in bf16-mixed)."""
+    try:
+        import torch
+    except Exception as err:  # a broken torch install raises all sorts of errors on import
+        fix = install_fix("torch", None)
+        return [Check("FAIL", "torch", f"torch does not import ({err})", fix)]
+    built = torch.version.cuda or "none (CPU-only build)"
+    if not torch.cuda.is_available():
+        text = f"no CUDA GPU visible (torch {torch.__version__}, CUDA build {built})"
+        fix = "on Kaggle, Settings > Accelerator > GPU; without one everything runs on the CPU"
+        return [Check("WARN", "gpu", text, fix)]
+    checks = [Check("OK", "cuda", f"CUDA {built}, cuDNN {torch.backends.cudnn.version()}")]
+    for i in range(torch.cuda.device_count()):
+        props = torch.cuda.get_device_properties(i)
+        text = f"GPU {i}: {props.name}, {props.total_memory / 2**30:.1f} GiB"
+        if (props.major, props.minor) >= (8, 0):
+            checks.append(Check("OK", f"gpu{i}", f"{text}, bf16 supported"))
+            continue
+        text += f", no bf16 (compute capability {props.major}.{props.minor})"
+        fix = "train with trainer.precision=16-mixed (trainer=gpu defaults to bf16-mixed)"
+        checks.append(Check("WARN", f"gpu{i}", text, fix))
+    return checks
+
+
+def model_versions(model_dir: Path) -> dict[str, str]:
+    """The `versions` an exported model/ recorded at training time (read without torch)."""
+    path = model_dir / "config.json"
+    try:
+        return dict(json.loads(path.read_text())["versions"])
+    except FileNotFoundError:
+        hint = "--model takes the model/ folder that hpa.train exports"
+        raise InputError(f"{path} not found: {hint}") from None
+    except (ValueError, KeyError, TypeError):
+        raise InputError(f"{path} has no readable `versions`; re-export the model") from None
+
+
+def compare_version(package: str, then: str, now: str | None) -> tuple[str, str]:
+    """(status, what differs): major changes FAIL for torch/timm, minor drift of them WARNs."""
+    weights = package in WEIGHT_PACKAGES
+    if now is None:
+        return ("FAIL" if weights else "WARN"), "not installed now"
+    try:
+        a, b = Version(then), Version(now)
+    except InvalidVersion:
+        return ("OK" if then == now else "WARN"), "unparseable version"
+    if a.major != b.major:
+        return ("FAIL" if weights else "WARN"), "major version differs"
+    if a.minor != b.minor:
+        return ("WARN" if weights else "OK"), "minor version differs"
+    return "OK", ""
+
+
+def check_model(model_dir: Path, version_of: VersionOf) -> list[Check]:
+    checks = []
+    for package, then in sorted(model_versions(model_dir).items()):
+        now = platform.python_version() if package == "python" else version_of(package)
+        status, drift = compare_version(package, then, now)
+        text = f"model {model_dir}: trained with {package} {then}, running {now or 'none'}"
+        fix = ""
+        if status == "FAIL":
+            fix = f"install {package}=={then} (or retrain with {package} {now or 'installed'})"
+        elif status == "WARN":
+            fix = "predictions may differ slightly; retrain or match versions if the score drops"
+        if drift:
+            text += f" ({drift})"
+        checks.append(Check(status, f"model:{package}", text, fix))
+    return checks
+
+
+def default_outputs() -> list[Path]:
+    outputs = [Path.cwd()]
+    if Path("/kaggle/working").is_dir():
+        outputs.append(Path("/kaggle/working"))
+    return outputs
+
+
+def check_writable(folder: Path) -> Check:
+    """Writable means a file can be created there (or in the nearest existing parent)."""
+    target = folder
+    while not target.exists() and target != target.parent:
+        target = target.parent
+    try:
+        with tempfile.NamedTemporaryFile(dir=target):
+            pass
+    except OSError as err:
+        text = f"{folder} is not writable ({err.strerror})"
+        return Check("FAIL", "output", text, "pick another output folder")
+    return Check("OK", "output", f"{folder} is writable")
+
+
+def run_checks(
+    models: Iterable[Path] = (),
+    outputs: Iterable[Path] | None = None,
+    bundle: str | None = None,
+    version_of: VersionOf = installed_version,
+    requirements: tuple[list[str], str | None] | None = None,
+) -> list[Check]:
+    """Every check, in report order; `version_of` and `requirements` are injectable for tests."""
+    requires, requires_python = requirements if requirements is not None else hpa_requirements()
+    checks = [check_python(requires_python), check_system(), *check_gpu()]
+    checks += check_requirements(requires, version_of, bundle)
+    for model in models:
+        checks += check_model(Path(model), version_of)
+    checks += [check_writable(Path(o)) for o in (default_outputs() if outputs is None else outputs)]
+    return checks
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m hpa.doctor", description=__doc__)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--json", action="store_true", help="print a machine-readable report")
+    models = {"action": "append", "default": [], "help": "exported model/ to compare (repeatable)"}
+    parser.add_argument("--model", type=Path, **models)
+    parser.add_argument("--output", type=Path, action="append", help="folder that must be writable")
+    parser.add_argument("--bundle", help="bundle folder, named in the fixes (offline installs)")
+    return parser.parse_args(argv)
+
+
+@exit_on_input_error
+def main(argv: list[str] | None = None, version_of: VersionOf = installed_version) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    checks = run_checks(args.model, args.output, args.bundle, version_of)
+    failed = [c for c in checks if c.status == "FAIL"]
+    if args.json:
+        report = {
+            "ok": not failed,
+            "python": sys.executable,
+            "platform": platform.platform(),
+            "checks": [asdict(c) for c in checks],
+        }
+        print(json.dumps(report, indent=2))
+    else:
+        for check in checks:
+            print(check.line())
+        ok = "all requirements met"
+        print(f"doctor: {f'{len(failed)} problem(s): fix the FAIL lines above' if failed else ok}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

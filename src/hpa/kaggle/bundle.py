@@ -1,0 +1,103 @@
+"""Write the folders to upload: the offline bundle, one folder per kernel, a model dataset."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from hpa.errors import InputError
+from hpa.kaggle.image import kaggle_image
+from hpa.kaggle.metadata import KERNELS, dataset_metadata, kernel_metadata, kernel_slug, write_json
+from hpa.kaggle.wheels import (
+    Fetcher,
+    PipFetcher,
+    build_hpa_wheel,
+    missing_wheels,
+    project_root,
+    wheel_requirements,
+)
+
+DATASET_METADATA = "dataset-metadata.json"
+KERNEL_METADATA = "kernel-metadata.json"
+# What a folder this module wrote may hold; anything else means --out points at the user's files.
+OURS = ("*.whl", "*.ipynb", "*.json", "*.safetensors")
+
+
+@contextmanager
+def replacing(out: Path) -> Iterator[Path]:
+    """Yield a temp folder that replaces `out` whole on success, so no stale wheel survives."""
+    out = out.resolve()
+    if out.exists():
+        theirs = [p.name for p in out.iterdir() if not any(p.match(g) for g in OURS) or p.is_dir()]
+        if theirs:
+            raise InputError(
+                f"{out} holds files this command did not write ({', '.join(sorted(theirs)[:3])}); "
+                "pass a new or empty --out folder"
+            )
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+
+
+def make_bundle(
+    out: Path,
+    user: str,
+    slug: str,
+    title: str,
+    fetch: Fetcher | None = None,
+    log: Callable[[str], None] = print,
+) -> list[Path]:
+    """hpa's wheel + the wheels Kaggle lacks, flat in `out` (Kaggle skips subfolders) + metadata."""
+    metadata = dataset_metadata(user, slug, title)
+    root = project_root()
+    with replacing(out) as tmp:
+        log(f"building hpa's wheel from {root}")
+        hpa_wheel = build_hpa_wheel(root, tmp)
+        log(f"  {hpa_wheel.name}")
+        log(
+            "fetching what Kaggle's image lacks (it has what src/hpa/kaggle/kaggle_image.txt lists)"
+        )
+        requirements = wheel_requirements(hpa_wheel)
+        missing_wheels(requirements, kaggle_image(), fetch or PipFetcher(), tmp, log)
+        write_json(tmp / DATASET_METADATA, metadata)
+    return sorted(out.resolve().glob("*.whl"))
+
+
+def make_kernels(out: Path, user: str, bundle_slug: str, model_slugs: list[str]) -> list[Path]:
+    """`out/<kernel>/` with the notebook and its kernel-metadata.json, for `kaggle kernels push -p`."""
+    notebooks = project_root() / "notebooks"
+    bundle = f"{user}/{bundle_slug}"
+    models = [f"{user}/{s}" if "/" not in s else s for s in model_slugs]
+    written = []
+    out.mkdir(parents=True, exist_ok=True)
+    for kernel in KERNELS:
+        with replacing(out / kernel_slug(kernel)) as tmp:
+            shutil.copy2(notebooks / kernel.notebook, tmp / kernel.notebook)
+            datasets = [bundle, *models] if kernel.needs_models else [bundle]
+            write_json(tmp / KERNEL_METADATA, kernel_metadata(kernel, user, datasets))
+        written.append(out / kernel_slug(kernel))
+    return written
+
+
+def make_model_dataset(model_dir: Path, out: Path, user: str, slug: str, title: str) -> Path:
+    """Copy an exported model/ (config.json + safetensors) flat into `out` with its metadata."""
+    from hpa.models.export import CONFIG, WEIGHTS, read_model_config
+
+    metadata = dataset_metadata(user, slug, title)
+    read_model_config(model_dir)  # InputError unless it is an exported hpa model
+    with replacing(out) as tmp:
+        for name in (CONFIG, WEIGHTS):
+            shutil.copy2(model_dir / name, tmp / name)
+        write_json(tmp / DATASET_METADATA, metadata)
+    return out
