@@ -44,6 +44,12 @@ format: install
 test: install lint
 	$(RUN) -m pytest -q $(PYTEST_ARGS)
 
+# The Kaggle-shaped environment test: the bundle installed offline into a Python 3.12 env holding
+# Kaggle's versions, the doctor, and the Kaggle notebooks run there with papermill. The first run
+# builds that env (~3 GB download, cached under ~/.cache/hpa); later runs reuse it.
+test-kaggle: install
+	$(RUN) -m pytest -q -m kaggle_env tests/test_kaggle_env.py $(PYTEST_ARGS)
+
 test-fast: install
 	$(RUN) -m pytest -q -m "not slow and not kaggle_env" $(PYTEST_ARGS)
 

@@ -13,7 +13,9 @@ REAL_FIXTURES = PROJECT_ROOT.parent / "shared" / "fixtures" / "hpa_real"
 def real_fixtures() -> Path:
     """The two real HPA samples (../shared/fixtures/hpa_real); skipped where absent."""
     if not (REAL_FIXTURES / "train.csv").exists():
-        pytest.skip(f"real HPA fixtures not found at {REAL_FIXTURES} (a user's clone has no ../shared)")
+        pytest.skip(
+            f"real HPA fixtures not found at {REAL_FIXTURES} (a user's clone has no ../shared)"
+        )
     return REAL_FIXTURES
 
 
@@ -24,7 +26,9 @@ def tiny_dataset(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("tiny") / "data"
     generate_dataset(
-        SyntheticConfig(n_images=40, seed=3, image_size=64, cells_per_image=(2, 4), skew=0.0, workers=1),
+        SyntheticConfig(
+            n_images=40, seed=3, image_size=64, cells_per_image=(2, 4), skew=0.0, workers=1
+        ),
         out,
         progress=False,
     )

@@ -56,6 +56,7 @@ def test_folds_are_stratified_and_deterministic():
     folds = stratified_folds(y, 5, seed=1)
     np.testing.assert_array_equal(folds, stratified_folds(y, 5, seed=1))
     assert set(folds) == {0, 1, 2, 3, 4}
+
     def imbalance(assignment):
         per_fold = np.stack([y[assignment == k].sum(0) for k in range(5)])
         return np.abs(per_fold - y.sum(0) / 5).mean()
@@ -84,7 +85,9 @@ def test_per_channel_jitter_differs_between_channels():
 
 def test_datamodule_splits_by_fold(tiny_dataset):
     dms = [
-        HPADataModule(root=str(tiny_dataset), image_size=32, batch_size=8, fold=k, n_folds=4, augment=AUGMENT)
+        HPADataModule(
+            root=str(tiny_dataset), image_size=32, batch_size=8, fold=k, n_folds=4, augment=AUGMENT
+        )
         for k in range(4)
     ]
     val_ids = []

@@ -50,8 +50,14 @@ def test_missing_pretrained_file(tmp_path):
 
 def test_export_round_trip_without_pickle(tmp_path):
     net = HPANet(create_backbone("resnet18", num_classes=19), MEAN, STD).eval()
-    meta = {"backbone": "resnet18", "num_classes": 19, "in_chans": 4, "class_names": ["c"] * 19,
-            "image_size": 64, "level": "image"}
+    meta = {
+        "backbone": "resnet18",
+        "num_classes": 19,
+        "in_chans": 4,
+        "class_names": ["c"] * 19,
+        "image_size": 64,
+        "level": "image",
+    }
     out = export_model(net, tmp_path / "model", meta)
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
     config = json.loads((out / "config.json").read_text())

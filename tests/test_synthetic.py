@@ -76,8 +76,17 @@ def test_real_skew_makes_nucleoplasm_most_common():
 
 def test_cli_writes_contract_layout(tmp_path):
     out = tmp_path / "syn"
-    cmd = [sys.executable, "-m", "hpa.synthetic", f"out={out}", "n_images=6", "seed=4",
-           "image_size=80", "bit_depth=16", "workers=1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "hpa.synthetic",
+        f"out={out}",
+        "n_images=6",
+        "seed=4",
+        "image_size=80",
+        "bit_depth=16",
+        "workers=1",
+    ]
     subprocess.run(cmd, check=True, capture_output=True)
     train = pd.read_csv(out / "train.csv")
     cells = pd.read_csv(out / "cells.csv")
@@ -99,7 +108,10 @@ def test_cli_writes_contract_layout(tmp_path):
 
 
 def test_cli_bad_value_exits_2(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "hpa.synthetic", f"out={tmp_path}", "bit_depth=12"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "hpa.synthetic", f"out={tmp_path}", "bit_depth=12"],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2
     assert "bit_depth=12" in r.stderr and "Traceback" not in r.stderr

@@ -12,7 +12,9 @@ from hpa.synthetic.generator import SyntheticConfig, generate_atomically
 log = logging.getLogger(__name__)
 
 
-def ensure_synthetic_data(root: str | Path, train_csv: str, synthetic: Mapping[str, Any] | None) -> None:
+def ensure_synthetic_data(
+    root: str | Path, train_csv: str, synthetic: Mapping[str, Any] | None
+) -> None:
     """If `synthetic` is set and `root` holds no data yet, generate it there (atomically)."""
     root = Path(root)
     if synthetic is None or (root / train_csv).exists():
@@ -22,7 +24,10 @@ def ensure_synthetic_data(root: str | Path, train_csv: str, synthetic: Mapping[s
     options = dict(synthetic)
     if "cells_per_image" in options:
         options["cells_per_image"] = tuple(options["cells_per_image"])
-    log.info("demo data: first use, generating %d synthetic samples into %s (reused next time)",
-             options.get("n_images", 0), root)
+    log.info(
+        "demo data: first use, generating %d synthetic samples into %s (reused next time)",
+        options.get("n_images", 0),
+        root,
+    )
     root.parent.mkdir(parents=True, exist_ok=True)
     generate_atomically(SyntheticConfig(**options), root)

@@ -36,14 +36,15 @@ CLASS_IDS: dict[str, int] = {name: i for i, name in enumerate(CLASS_NAMES)}
 
 def parse_labels(text: str | int | float, *, where: str = "label") -> list[int]:
     """`"8|5|0"` -> `[0, 5, 8]`: sorted, duplicates dropped (the real train.csv has `17|17`)."""
-    if isinstance(text, (int, np.integer)):
-        parts = [str(int(text))]
-    elif isinstance(text, float) and not np.isnan(text) and float(text).is_integer():
+    is_float_id = isinstance(text, float) and not np.isnan(text) and float(text).is_integer()
+    if isinstance(text, (int, np.integer)) or is_float_id:
         parts = [str(int(text))]
     elif isinstance(text, str) and text.strip():
         parts = text.strip().split("|")
     else:
-        raise InputError(f"{where}: empty label {text!r}; expected class ids joined by '|', e.g. 0|5")
+        raise InputError(
+            f"{where}: empty label {text!r}; expected class ids joined by '|', e.g. 0|5"
+        )
     ids = set()
     for part in parts:
         part = part.strip()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from hpa.errors import exit_on_input_error
+
+log = logging.getLogger(__name__)
 
 
 def run_dir_for(ckpt_path: str | None, default: str) -> str:
@@ -45,26 +48,52 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         loss=OmegaConf.to_container(cfg.loss, resolve=True),
         class_names=CLASS_NAMES,
         image_size=cfg.data.image_size,
+        level=cfg.data.get("level", "image"),
+        mix=OmegaConf.to_container(cfg.mix, resolve=True),
     )
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
-    loggers = [instantiate(c) for c in cfg.logger.values() if c is not None] if cfg.get("logger") else False
+    loggers = (
+        [instantiate(c) for c in cfg.logger.values() if c is not None]
+        if cfg.get("logger")
+        else False
+    )
     trainer = pl.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
         callbacks=callbacks,
         logger=loggers,
         default_root_dir=cfg.paths.output_dir,
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=check_ckpt(cfg.ckpt_path))
+    if cfg.tune:
+        tune(trainer, module, datamodule)
+    ckpt_path = check_ckpt(cfg.ckpt_path)
+    if ckpt_path:
+        log.info("resuming from %s (run folder %s)", ckpt_path, cfg.paths.output_dir)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     if not cfg.export:
         return {k: float(v) for k, v in trainer.callback_metrics.items()}
     return finish_run(trainer, module, datamodule, Path(cfg.paths.output_dir), cfg)
+
+
+def tune(trainer, module, datamodule) -> None:
+    """tune=true: the largest batch size that fits, then the learning rate for it."""
+    from pytorch_lightning.tuner import Tuner
+
+    tuner = Tuner(trainer)
+    size = tuner.scale_batch_size(module, datamodule=datamodule, mode="binsearch")
+    finder = tuner.lr_find(module, datamodule=datamodule, attr_name="lr")
+    log.info("tune: batch size %s, learning rate %.2e", size, module.lr)
+    if finder is not None and trainer.is_global_zero:
+        fig = finder.plot(suggest=True)
+        fig.savefig(Path(trainer.default_root_dir) / "lr_find.png")
 
 
 def check_ckpt(ckpt_path: str | None) -> str | None:
     from hpa.errors import InputError
 
     if ckpt_path and not Path(ckpt_path).is_file():
-        raise InputError(f"ckpt_path={ckpt_path} does not exist; point it at a .ckpt from checkpoints/")
+        raise InputError(
+            f"ckpt_path={ckpt_path} does not exist; point it at a .ckpt from checkpoints/"
+        )
     return ckpt_path
 
 

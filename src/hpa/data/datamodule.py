@@ -11,8 +11,11 @@ import numpy as np
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
+from hpa.data.cache import open_cache
+from hpa.data.cell_cache import build_cell_cache
+from hpa.data.cells import CellDataset
 from hpa.data.dataset import ImageDataset, RawImages, SampleSource
-from hpa.data.folds import stratified_folds
+from hpa.data.folds import grouped_stratified_folds, stratified_folds
 from hpa.data.records import read_records, targets
 from hpa.data.transforms import build_transform
 from hpa.errors import InputError
@@ -24,8 +27,12 @@ def open_source(root: Path, image_dir: str, size: int) -> SampleSource:
     """The fastest available source for this data set and size: a matching cache, else raw files."""
     folder = root / image_dir
     if not folder.is_dir():
-        raise InputError(f"missing image folder {folder}; set data.root (and data.image_dir) to your data")
-    return RawImages(folder, size)
+        raise InputError(
+            f"missing image folder {folder}; set data.root (and data.image_dir) to your data"
+        )
+    raw = RawImages(folder, size)
+    # A cache is used only if it matches the files on disk; open_cache logs why it is not.
+    return open_cache(root, image_dir, size, fallback=raw) or raw
 
 
 class HPADataModule(pl.LightningDataModule):
@@ -43,6 +50,13 @@ class HPADataModule(pl.LightningDataModule):
         pin_memory: bool = False,
         persistent_workers: bool = True,
         augment: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+        level: str = "image",
+        cell_margin: float = 0.05,
+        cell_masks: str = "auto",
+        cells_per_image: int | None = None,
+        group_column: str | None = None,
+        sources: Sequence[Mapping[str, Any]] | None = None,
+        merge: Mapping[str, Any] | None = None,
     ):
         super().__init__()
         self.root = Path(root)
@@ -53,27 +67,91 @@ class HPADataModule(pl.LightningDataModule):
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
         self.augment = augment or {}
+        # Folds keep a group's rows together when the table has this column (data/merged.yaml).
+        self.group_column = group_column
+        # Several data roots merged into `root` on first use (hpa.external.merge).
+        self.sources, self.merge = sources, merge or {}
+        # level=cell: samples are cell crops of image_size px, each with its image's labels.
+        if level not in ("image", "cell"):
+            raise InputError(f"data.level={level!r}: use image or cell")
+        self.level, self.cell_margin, self.cell_masks = level, cell_margin, cell_masks
+        self.cells_per_image = cells_per_image
         if not 0 <= fold < n_folds:
-            raise InputError(f"data.fold={fold} is outside 0..{n_folds - 1} (data.n_folds={n_folds})")
+            raise InputError(
+                f"data.fold={fold} is outside 0..{n_folds - 1} (data.n_folds={n_folds})"
+            )
         self.records = None
+
+    def prepare_data(self) -> None:
+        self._ensure_merged()
+        if self.level == "cell":  # crop once, on one process per node
+            self._cell_cache(read_records(self.root / self.train_csv)["ID"].tolist())
+
+    def _cell_cache(self, ids: list[str]):
+        return build_cell_cache(
+            self.root,
+            ids,
+            self.image_size,
+            self.cell_margin,
+            image_dir=self.image_dir,
+            masks=self.cell_masks,
+            workers=self.num_workers,
+        )
+
+    def _ensure_merged(self) -> None:
+        if self.sources:
+            from hpa.external.merge import ensure_merged
+
+            ensure_merged(
+                self.root,
+                self.sources,
+                self.merge,
+                train_csv=self.train_csv,
+                image_dir=self.image_dir,
+            )
 
     def setup(self, stage: str | None = None) -> None:
         if self.records is not None:
             return
+        self._ensure_merged()  # a quick check when the trainer's prepare_data already merged
         records = read_records(self.root / self.train_csv)
         y = targets(records)
-        records["fold"] = stratified_folds(y, self.n_folds, self.fold_seed)
+        if self.group_column and self.group_column in records.columns:
+            groups = records[self.group_column]
+            records["fold"] = grouped_stratified_folds(y, groups, self.n_folds, self.fold_seed)
+        else:
+            if self.group_column:
+                log.info(
+                    "data: %s has no column %r; folds by sample", self.train_csv, self.group_column
+                )
+            records["fold"] = stratified_folds(y, self.n_folds, self.fold_seed)
         self.records = records
         source = open_source(self.root, self.image_dir, self.image_size)
         log.info("data: %s", source.description)
         train = np.flatnonzero(records["fold"].to_numpy() != self.fold)
         val = np.flatnonzero(records["fold"].to_numpy() == self.fold)
         ids = records["ID"].tolist()
-        self.train_set = ImageDataset(
-            [ids[i] for i in train], y[train], source, build_transform(self.augment.get("train"))
+        train_tf = build_transform(self.augment.get("train"))
+        val_tf = build_transform(self.augment.get("val"))
+        if self.level == "cell":
+            # Folds stay per image: all cells of an image land in the same fold.
+            cache = self._cell_cache(ids)
+            train_ids, val_ids = [ids[i] for i in train], [ids[i] for i in val]
+            cap, seed = self.cells_per_image, self.fold_seed
+            self.train_set = CellDataset(cache, train_ids, y[train], train_tf, cap, seed)
+            self.val_set = CellDataset(cache, val_ids, y[val], val_tf)
+            n_train, n_val = len(self.train_set), len(self.val_set)
+            log.info("data: %d train / %d val cell crops in %s", n_train, n_val, cache.folder)
+        else:
+            self.train_set = ImageDataset([ids[i] for i in train], y[train], source, train_tf)
+            self.val_set = ImageDataset([ids[i] for i in val], y[val], source, val_tf)
+        log.info(
+            "data: fold %d/%d, %d train / %d val samples",
+            self.fold,
+            self.n_folds,
+            len(train),
+            len(val),
         )
-        self.val_set = ImageDataset([ids[i] for i in val], y[val], source, build_transform(self.augment.get("val")))
-        log.info("data: fold %d/%d, %d train / %d val samples", self.fold, self.n_folds, len(train), len(val))
 
     def _loader(self, dataset: ImageDataset, shuffle: bool) -> DataLoader:
         return DataLoader(

@@ -47,15 +47,15 @@ def read_channel(path: str | Path) -> np.ndarray:
         raise InputError(f"missing image {path}")
     image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if image is None or image.size == 0:
-        raise InputError(f"cannot decode {path}: the file is corrupt or not an image; re-download or remove it")
+        raise InputError(
+            f"cannot decode {path}: the file is corrupt or not an image; re-download or remove it"
+        )
     if image.ndim == 3:
         image = image[..., :3].max(axis=2)
     return to_uint8(image)
 
 
-def read_sample(
-    image_dir: str | Path, sample_id: str, size: int | None = None
-) -> np.ndarray:
+def read_sample(image_dir: str | Path, sample_id: str, size: int | None = None) -> np.ndarray:
     """H x W x 4 uint8 (red, green, blue, yellow), resized to size x size with area interpolation."""
     planes = []
     for channel in CHANNELS:
@@ -64,7 +64,9 @@ def read_sample(
     shapes = {plane.shape for _, plane in planes}
     if len(shapes) > 1:
         detail = ", ".join(f"{p.name}: {a.shape[1]}x{a.shape[0]}" for p, a in planes)
-        raise InputError(f"channel sizes disagree for sample {sample_id} ({detail}); re-export the sample")
+        raise InputError(
+            f"channel sizes disagree for sample {sample_id} ({detail}); re-export the sample"
+        )
     image = np.stack([plane for _, plane in planes], axis=-1)
     if size is not None and image.shape[:2] != (size, size):
         image = resize(image, size)
@@ -76,9 +78,12 @@ def resize(image: np.ndarray, size: int) -> np.ndarray:
     interp = cv2.INTER_AREA if image.shape[0] > size else cv2.INTER_LINEAR
     channels = image.shape[2] if image.ndim == 3 else 1
     if channels <= 4:
-        return cv2.resize(image, (size, size), interpolation=interp).reshape(size, size, *image.shape[2:])
+        return cv2.resize(image, (size, size), interpolation=interp).reshape(
+            size, size, *image.shape[2:]
+        )
     return np.stack(
-        [cv2.resize(image[..., c], (size, size), interpolation=interp) for c in range(channels)], axis=-1
+        [cv2.resize(image[..., c], (size, size), interpolation=interp) for c in range(channels)],
+        axis=-1,
     )
 
 

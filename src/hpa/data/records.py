@@ -15,11 +15,15 @@ def read_records(csv_path: str | Path) -> pd.DataFrame:
     """`ID,Label` -> frame with `ID`, `Label` (normalised `0|5|8`) and `labels` (list of ids)."""
     csv_path = Path(csv_path)
     if not csv_path.exists():
-        raise InputError(f"missing {csv_path}; point data.root at a folder with train.csv (ID,Label)")
+        raise InputError(
+            f"missing {csv_path}; point data.root at a folder with train.csv (ID,Label)"
+        )
     try:
         frame = pd.read_csv(csv_path, dtype={"ID": str, "Label": str}, keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as err:
-        raise InputError(f"{csv_path} is not a readable CSV ({err}); expected columns ID,Label") from None
+        raise InputError(
+            f"{csv_path} is not a readable CSV ({err}); expected columns ID,Label"
+        ) from None
     missing = {"ID", "Label"} - set(frame.columns)
     if missing:
         raise InputError(
@@ -33,7 +37,9 @@ def read_records(csv_path: str | Path) -> pd.DataFrame:
     ]
     dup = frame["ID"][frame["ID"].duplicated()]
     if not dup.empty:
-        raise InputError(f"{csv_path}: ID {dup.iloc[0]} appears more than once; keep one row per sample")
+        raise InputError(
+            f"{csv_path}: ID {dup.iloc[0]} appears more than once; keep one row per sample"
+        )
     frame = frame.copy()
     frame["labels"] = labels
     frame["Label"] = ["|".join(map(str, ids)) for ids in labels]

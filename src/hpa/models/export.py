@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -26,10 +27,8 @@ RECORDED_PACKAGES = ("hpa", "torch", "timm", "pytorch-lightning", "albumentation
 def runtime_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for name in RECORDED_PACKAGES:
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
     return versions
 
 
@@ -76,20 +75,29 @@ def read_model_config(model_dir: str | Path) -> dict[str, Any]:
     except json.JSONDecodeError as err:
         raise InputError(f"{path} is not valid JSON ({err}); re-export the model") from None
     if config.get("format") != FORMAT:
-        raise InputError(f"{path}: format {config.get('format')!r} is not {FORMAT!r}; re-export the model")
+        raise InputError(
+            f"{path}: format {config.get('format')!r} is not {FORMAT!r}; re-export the model"
+        )
     return config
 
 
-def load_exported(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple[HPANet, dict[str, Any]]:
+def load_exported(
+    model_dir: str | Path, device: str | torch.device = "cpu"
+) -> tuple[HPANet, dict[str, Any]]:
     """Rebuild the network from `model/` (no pickle, no network) in eval mode."""
     config = read_model_config(model_dir)
     backbone = create_backbone(
-        config["backbone"], num_classes=config["num_classes"], in_chans=config["in_chans"]
+        config["backbone"],
+        num_classes=config["num_classes"],
+        in_chans=config["in_chans"],
+        global_pool=config.get("global_pool"),
     )
     net = HPANet(backbone, mean=config["mean"], std=config["std"])
     try:
         state = load_file(str(Path(model_dir) / WEIGHTS), device="cpu")
         net.load_state_dict(state)
     except Exception as err:  # safetensors raises its own error types
-        raise InputError(f"cannot load weights from {model_dir}/{WEIGHTS}: {err}; re-export the model") from None
+        raise InputError(
+            f"cannot load weights from {model_dir}/{WEIGHTS}: {err}; re-export the model"
+        ) from None
     return net.to(device).eval(), config

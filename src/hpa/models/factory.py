@@ -16,7 +16,11 @@ def _check_backbone(name: str) -> None:
         return
     known = timm.list_models()
     close = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
-    hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models() for valid names"
+    hint = (
+        f"; did you mean {', '.join(close)}?"
+        if close
+        else "; see timm.list_models() for valid names"
+    )
     raise InputError(f"unknown backbone model.backbone={name!r}{hint}")
 
 
@@ -27,6 +31,7 @@ def create_backbone(
     pretrained: bool = False,
     pretrained_path: str | None = None,
     drop_rate: float = 0.0,
+    global_pool: str | None = None,
 ) -> nn.Module:
     """A timm model with `in_chans` inputs and a `num_classes` head.
 
@@ -36,15 +41,21 @@ def create_backbone(
     """
     _check_backbone(backbone)
     kwargs: dict = {"num_classes": num_classes, "in_chans": in_chans, "drop_rate": drop_rate}
+    if global_pool:  # e.g. max or avgmax: small sparse patterns (a few dots in one cell) survive
+        kwargs["global_pool"] = global_pool
     if pretrained_path:
         path = Path(pretrained_path)
         if not path.is_file():
-            raise InputError(f"model.pretrained_path={path} does not exist; give a local weights file")
+            raise InputError(
+                f"model.pretrained_path={path} does not exist; give a local weights file"
+            )
         kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
         pretrained = True
     try:
         return timm.create_model(backbone, pretrained=pretrained, **kwargs)
     except (RuntimeError, OSError, ValueError) as err:
         if pretrained_path:
-            raise InputError(f"cannot load model.pretrained_path={pretrained_path} into {backbone}: {err}") from None
+            raise InputError(
+                f"cannot load model.pretrained_path={pretrained_path} into {backbone}: {err}"
+            ) from None
         raise

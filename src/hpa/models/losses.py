@@ -15,7 +15,9 @@ class FocalLoss(nn.Module):
         self.alpha, self.gamma = alpha, gamma
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return sigmoid_focal_loss(logits, targets, alpha=self.alpha, gamma=self.gamma, reduction="mean")
+        return sigmoid_focal_loss(
+            logits, targets, alpha=self.alpha, gamma=self.gamma, reduction="mean"
+        )
 
 
 def build_loss(name: str, **kwargs) -> nn.Module:

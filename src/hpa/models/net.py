@@ -19,8 +19,12 @@ class HPANet(nn.Module):
     def __init__(self, backbone: nn.Module, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
         self.backbone = backbone
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0)
+        self.register_buffer(
+            "mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+        )
+        self.register_buffer(
+            "std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+        )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone((images.float() - self.mean) / self.std)

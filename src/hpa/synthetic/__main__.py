@@ -15,7 +15,9 @@ def main(argv: list[str] | None = None) -> None:
     options = {k: v for k, v in cfg.items() if k != "out" and v is not None}
     options["cells_per_image"] = tuple(options["cells_per_image"])
     out = generate_dataset(SyntheticConfig(**options), cfg.out)
-    print(f"wrote {cfg.n_images} samples to {out} (train.csv, masks/, cells.csv, sample_submission.csv)")
+    print(
+        f"wrote {cfg.n_images} samples to {out} (train.csv, masks/, cells.csv, sample_submission.csv)"
+    )
 
 
 if __name__ == "__main__":

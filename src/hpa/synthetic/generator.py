@@ -22,7 +22,27 @@ from hpa.synthetic.patterns import PATTERNS, Context, er_network, microtubule_ne
 
 # Images per class in the real train.csv (shared/HPA.md), out of 21,806.
 REAL_CLASS_COUNTS = np.array(
-    [8797, 1095, 2451, 1262, 1425, 1792, 775, 1846, 964, 998, 818, 78, 1734, 3111, 2013, 252, 5685, 593, 34],
+    [
+        8797,
+        1095,
+        2451,
+        1262,
+        1425,
+        1792,
+        775,
+        1846,
+        964,
+        998,
+        818,
+        78,
+        1734,
+        3111,
+        2013,
+        252,
+        5685,
+        593,
+        34,
+    ],
     dtype=np.float64,
 )
 # Labels per image in the real train.csv: 1, 2, 3, 4 labels.
@@ -71,7 +91,9 @@ def sample_image_labels(rng: np.random.Generator, skew: float) -> list[int]:
     return sorted(rng.choice(NEGATIVE, size=n_labels, replace=False, p=q).tolist())
 
 
-def assign_cell_labels(rng: np.random.Generator, image_labels: list[int], n_cells: int) -> list[list[int]]:
+def assign_cell_labels(
+    rng: np.random.Generator, image_labels: list[int], n_cells: int
+) -> list[list[int]]:
     """Each cell gets a non-empty subset of the image's labels; their union is the image label."""
     if image_labels == [NEGATIVE] or n_cells == 0:
         return [[NEGATIVE] for _ in range(n_cells)]
@@ -136,11 +158,15 @@ def render_sample(cfg: SyntheticConfig, index: int) -> Sample:
         planes[c] += rng.normal(0.0, cfg.noise, size=planes[c].shape).astype(np.float32)
     planes = np.clip(planes, 0.0, 1.0)
     top = 65535 if cfg.bit_depth == 16 else 255
-    image = (planes.transpose(1, 2, 0) * top + 0.5).astype(np.uint16 if cfg.bit_depth == 16 else np.uint8)
+    image = (planes.transpose(1, 2, 0) * top + 0.5).astype(
+        np.uint16 if cfg.bit_depth == 16 else np.uint8
+    )
     return Sample(sample_id(cfg.seed, index), image, cell_masks, nuclei, image_labels, cell_labels)
 
 
-def _write_sample(args: tuple[SyntheticConfig, int, Path]) -> tuple[str, list[int], list[list[int]]]:
+def _write_sample(
+    args: tuple[SyntheticConfig, int, Path],
+) -> tuple[str, list[int], list[list[int]]]:
     cfg, index, out = args
     s = render_sample(cfg, index)
     for c, channel in enumerate(CHANNELS):
@@ -184,8 +210,12 @@ def generate_dataset(cfg: SyntheticConfig, out: str | Path, progress: bool = Tru
     _write_csv(pd.DataFrame(rows, columns=["ID", "Label"]), out / f"{cfg.split}.csv")
     _write_csv(pd.DataFrame(cell_rows, columns=["ID", "cell_id", "Label"]), out / "cells.csv")
     sub = pd.DataFrame(
-        {"ID": [r[0] for r in rows], "ImageWidth": cfg.image_size, "ImageHeight": cfg.image_size,
-         "PredictionString": ""}
+        {
+            "ID": [r[0] for r in rows],
+            "ImageWidth": cfg.image_size,
+            "ImageHeight": cfg.image_size,
+            "PredictionString": "",
+        }
     )
     _write_csv(sub, out / "sample_submission.csv")
     return out
@@ -202,4 +232,10 @@ def generate_atomically(cfg: SyntheticConfig, out: str | Path, progress: bool = 
     return out
 
 
-__all__ = ["NUM_CLASSES", "SyntheticConfig", "generate_dataset", "generate_atomically", "render_sample"]
+__all__ = [
+    "NUM_CLASSES",
+    "SyntheticConfig",
+    "generate_dataset",
+    "generate_atomically",
+    "render_sample",
+]

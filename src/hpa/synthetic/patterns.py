@@ -71,9 +71,10 @@ def _nucleoli_sites(rng, cell, n):
 
 
 def nucleoli(rng, cell, ctx):
+    """One to three large solid blobs inside the nucleus."""
     canvas = _canvas(cell)
-    for y, x in _nucleoli_sites(rng, cell, rng.integers(2, 5)):
-        axes = (max(1, int(cell.nuc_radius * rng.uniform(0.15, 0.24))),) * 2
+    for y, x in _nucleoli_sites(rng, cell, rng.integers(1, 4)):
+        axes = (max(2, int(cell.nuc_radius * rng.uniform(0.22, 0.3))),) * 2
         cv2.ellipse(canvas, (int(x), int(y)), axes, 0, 0, 360, 255, -1, cv2.LINE_AA)
     return canvas.astype(np.float32) / 255.0
 
@@ -95,12 +96,15 @@ def nuclear_speckles(rng, cell, ctx):
             max(1, int(cell.nuc_radius * rng.uniform(0.06, 0.11))),
             max(1, int(cell.nuc_radius * rng.uniform(0.03, 0.06))),
         )
-        cv2.ellipse(canvas, (int(x), int(y)), axes, rng.uniform(0, 180), 0, 360, 220, -1, cv2.LINE_AA)
+        cv2.ellipse(
+            canvas, (int(x), int(y)), axes, rng.uniform(0, 180), 0, 360, 220, -1, cv2.LINE_AA
+        )
     return canvas.astype(np.float32) / 255.0 + 0.15 * cell.nucleus
 
 
 def nuclear_bodies(rng, cell, ctx):
-    return _dots(rng, cell, cell.nuc_dist < 0.8, rng.integers(2, 6), cell.nuc_radius * 0.07)
+    """A few (3-6) small round dots spread over the nucleus."""
+    return _dots(rng, cell, cell.nuc_dist < 0.8, rng.integers(3, 7), cell.nuc_radius * 0.1)
 
 
 def endoplasmic_reticulum(rng, cell, ctx):
@@ -115,7 +119,17 @@ def golgi(rng, cell, ctx):
     for _ in range(rng.integers(6, 12)):
         dy, dx = rng.normal(0, cell.radius * 0.09, size=2)
         axes = (max(1, int(cell.radius * 0.06)), max(1, int(cell.radius * 0.03)))
-        cv2.ellipse(canvas, (int(cx + dx), int(cy + dy)), axes, rng.uniform(0, 180), 0, 360, 255, -1, cv2.LINE_AA)
+        cv2.ellipse(
+            canvas,
+            (int(cx + dx), int(cy + dy)),
+            axes,
+            rng.uniform(0, 180),
+            0,
+            360,
+            255,
+            -1,
+            cv2.LINE_AA,
+        )
     return (canvas.astype(np.float32) / 255.0) * _cytoplasm(cell)
 
 
@@ -138,7 +152,9 @@ def intermediate_filaments(rng, cell, ctx):
         a0 = rng.uniform(0, 2 * np.pi)
         angles = a0 + np.linspace(0, rng.uniform(1.5, 3.0), 24)
         rr = r * (1 + 0.12 * np.sin(angles * rng.uniform(3, 6)))
-        pts = np.stack([cx + rr * np.cos(angles), cy + rr * np.sin(angles)], axis=1).astype(np.int32)
+        pts = np.stack([cx + rr * np.cos(angles), cy + rr * np.sin(angles)], axis=1).astype(
+            np.int32
+        )
         cv2.polylines(canvas, [pts], False, 255, t, cv2.LINE_AA)
     return (canvas.astype(np.float32) / 255.0) * _cytoplasm(cell)
 
@@ -179,14 +195,21 @@ def mitotic_spindle(rng, cell, ctx):
         pts = np.array([p0, mid, p1]).astype(np.int32)
         cv2.polylines(canvas, [pts], False, 255, t, cv2.LINE_AA)
     for p in (p0, p1):
-        cv2.circle(canvas, (int(p[0]), int(p[1])), max(2, int(cell.nuc_radius * 0.15)), 255, -1, cv2.LINE_AA)
+        cv2.circle(
+            canvas,
+            (int(p[0]), int(p[1])),
+            max(2, int(cell.nuc_radius * 0.15)),
+            255,
+            -1,
+            cv2.LINE_AA,
+        )
     return (canvas.astype(np.float32) / 255.0) * cell.mask
 
 
 def centrosome(rng, cell, ctx):
     canvas = _canvas(cell)
     side = rng.uniform(0, 2 * np.pi)
-    r = max(1, int(round(cell.nuc_radius * 0.09)))
+    r = max(1, int(round(cell.nuc_radius * 0.12)))
     for k in range(rng.integers(1, 3)):
         dist = cell.nuc_radius * (1.2 + 0.15 * k)
         y = cell.nuc_center[0] + np.sin(side + 0.3 * k) * dist
@@ -215,7 +238,7 @@ def mitochondria(rng, cell, ctx):
 def aggresome(rng, cell, ctx):
     canvas = _canvas(cell)
     side = rng.uniform(0, 2 * np.pi)
-    r = max(2, int(cell.radius * 0.16))
+    r = max(2, int(cell.radius * 0.2))
     dist = cell.nuc_radius + r * 0.9
     y = cell.nuc_center[0] + np.sin(side) * dist
     x = cell.nuc_center[1] + np.cos(side) * dist

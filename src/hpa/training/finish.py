@@ -29,7 +29,12 @@ def finish_run(
     """Re-validate the best checkpoint, then (rank 0 only) write metrics.json and export model/."""
     ckpt = trainer.checkpoint_callback
     best = ckpt.best_model_path if ckpt and ckpt.best_model_path else None
-    results = trainer.validate(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)[0]
+    module.collect_predictions = True
+    module.predictions, module.prediction_targets = [], []
+    results = trainer.validate(
+        module, datamodule=datamodule, ckpt_path=best or None, verbose=False
+    )[0]
+    module.collect_predictions = False
     per_class = {name: results.get(f"val/AP/{name}", float("nan")) for name in module.class_names}
     metrics = {
         "val/mAP": results["val/mAP"],
@@ -53,20 +58,77 @@ def finish_run(
                 "backbone": cfg.model.backbone,
                 "num_classes": len(module.class_names),
                 "in_chans": int(cfg.model.in_chans),
+                "global_pool": cfg.model.get("global_pool"),
                 "class_names": list(module.class_names),
                 "image_size": int(cfg.data.image_size),
                 "level": module.hparams.level,
+                "cell_margin": cfg.data.get("cell_margin"),  # level=cell: how its crops were cut
                 "metrics": {"val/mAP": metrics["val/mAP"], "epoch": metrics["epoch"]},
             },
         )
-        log.info("val/mAP %.4f (epoch %d); wrote %s and %s", metrics["val/mAP"], metrics["epoch"],
-                 out / "metrics.json", out / "model")
+        write_plots_and_oof(module, datamodule, metrics, out, trainer.world_size)
+        log.info(
+            "val/mAP %.4f (epoch %d); wrote %s and %s",
+            metrics["val/mAP"],
+            metrics["epoch"],
+            out / "metrics.json",
+            out / "model",
+        )
     return metrics
+
+
+def write_plots_and_oof(
+    module: HPAModule, datamodule: Any, metrics: dict, out: Path, world_size: int
+) -> None:
+    """PNG plots in out/plots/, and out/oof.csv (validation probabilities by sample ID)."""
+    import pandas as pd
+    import torch
+
+    from hpa.training import plots
+
+    if not module.predictions:
+        return
+    probs = torch.cat(module.predictions)
+    targets = torch.cat(module.prediction_targets)
+    folder = out / "plots"
+    folder.mkdir(exist_ok=True)
+    plots.plot_ap_bars(metrics["val/AP_per_class"], folder / "ap_per_class.png")
+    plots.plot_pr_curves(probs, targets, module.class_names, folder / "pr_curves.png")
+    val_set = datamodule.val_set
+    n = min(12, len(val_set), len(probs))
+    images = [val_set[i][0].numpy() for i in range(n)]
+    plots.plot_samples(images, probs[:n], targets[:n], folder / "val_samples.png")
+    ids = getattr(val_set, "ids", None)
+    # With one process the validation order is the dataset's order, so rows map to sample IDs.
+    if world_size == 1 and ids is not None and len(ids) == len(probs):
+        frame = pd.DataFrame(probs.numpy(), columns=[str(i) for i in range(probs.shape[1])])
+        frame.insert(0, "fold", int(datamodule.fold))
+        frame.insert(0, "ID", ids)
+        frame.to_csv(out / ".oof.csv.tmp", index=False, float_format="%.5f")
+        (out / ".oof.csv.tmp").replace(out / "oof.csv")
+        merge_sweep_oof(out)
+
+
+def merge_sweep_oof(out: Path) -> None:
+    """In a multirun (data.fold=0,1,2,3,4), gather every fold's oof.csv into the sweep folder."""
+    import pandas as pd
+
+    sweep = out.parent
+    parts = sorted(sweep.glob("*/oof.csv"))
+    if len(parts) < 2 or not (sweep / "multirun.yaml").exists():
+        return
+    merged = pd.concat([pd.read_csv(p) for p in parts]).drop_duplicates("ID", keep="last")
+    merged.to_csv(sweep / ".oof.csv.tmp", index=False, float_format="%.5f")
+    (sweep / ".oof.csv.tmp").replace(sweep / "oof.csv")
 
 
 def _best_epoch(best: str | None, trainer: pl.Trainer) -> int:
     if best:
         import torch
 
-        return int(torch.load(best, map_location="cpu", weights_only=True).get("epoch", trainer.current_epoch))
+        return int(
+            torch.load(best, map_location="cpu", weights_only=True).get(
+                "epoch", trainer.current_epoch
+            )
+        )
     return trainer.current_epoch

@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torchmetrics.classification import MultilabelAveragePrecision, MultilabelF1Score
@@ -13,6 +14,7 @@ from torchmetrics.classification import MultilabelAveragePrecision, MultilabelF1
 from hpa.models.factory import create_backbone
 from hpa.models.losses import build_loss
 from hpa.models.net import HPANet
+from hpa.training.mixing import mix_batch
 
 
 def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -32,10 +34,18 @@ class HPAModule(pl.LightningModule):
         class_names: Sequence[str],
         image_size: int,
         level: str = "image",
+        mix: dict[str, float] | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
         self.class_names = list(class_names)
+        self.lr = optimizer["lr"]  # an attribute, so that Lightning's LR finder can set it
+        self.mix = mix or {}
+        self._mix_rng = np.random.default_rng(0)
+        # Set by finish_run: keep validation probabilities for plots and out-of-fold files.
+        self.collect_predictions = False
+        self.predictions: list[torch.Tensor] = []
+        self.prediction_targets: list[torch.Tensor] = []
         n = len(self.class_names)
         backbone = create_backbone(
             model["backbone"],
@@ -44,11 +54,14 @@ class HPAModule(pl.LightningModule):
             pretrained=model.get("pretrained", False),
             pretrained_path=model.get("pretrained_path"),
             drop_rate=model.get("drop_rate", 0.0),
+            global_pool=model.get("global_pool"),
         )
         self.net = HPANet(backbone, mean=model["mean"], std=model["std"])
         if model.get("channels_last", False):
             self.net = self.net.to(memory_format=torch.channels_last)
         loss = dict(loss)
+        if model.get("compile", False):
+            self.net.compile()  # in place: state_dict keys (and exports) stay unchanged
         self.criterion = build_loss(loss.pop("name"), **loss)
         self.val_ap = MultilabelAveragePrecision(num_labels=n, average=None)
         self.val_f1 = MultilabelF1Score(num_labels=n, average="macro")
@@ -58,17 +71,36 @@ class HPAModule(pl.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, targets = batch
+        images, targets = mix_batch(
+            images,
+            targets,
+            mixup_alpha=self.mix.get("mixup_alpha", 0.0),
+            cutmix_alpha=self.mix.get("cutmix_alpha", 0.0),
+            prob=self.mix.get("prob", 0.0),
+            rng=self._mix_rng,
+        )
         loss = self.criterion(self(images), targets)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(images))
+        self.log(
+            "train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(images)
+        )
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
         images, targets = batch
         logits = self(images)
-        self.log("val/loss", self.criterion(logits, targets), prog_bar=True, batch_size=len(images), sync_dist=True)
+        self.log(
+            "val/loss",
+            self.criterion(logits, targets),
+            prog_bar=True,
+            batch_size=len(images),
+            sync_dist=True,
+        )
         probs = torch.sigmoid(logits.float())
         self.val_ap.update(probs, targets.long())
         self.val_f1.update(probs, targets.long())
+        if self.collect_predictions:
+            self.predictions.append(probs.cpu())
+            self.prediction_targets.append(targets.cpu())
 
     def on_validation_epoch_end(self) -> None:
         ap = self.val_ap.compute()
@@ -83,7 +115,7 @@ class HPAModule(pl.LightningModule):
 
     def configure_optimizers(self):
         cfg = self.hparams.optimizer
-        opt = torch.optim.AdamW(self.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        opt = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=cfg["weight_decay"])
         total = max(1, int(self.trainer.estimated_stepping_batches))
         epochs = max(1, self.trainer.max_epochs or 1)
         warmup = int(round(cfg.get("warmup_epochs", 0) * total / epochs))

@@ -1,0 +1,220 @@
+"""Training: configs compose, runs write the contract's outputs, learning beats shuffled labels."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from safetensors.torch import load_file
+
+from hpa.cli import compose
+from hpa.train import train
+
+CONFIGS = Path(__file__).resolve().parents[1] / "src" / "hpa" / "configs"
+EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
+DEBUGS = sorted(p.stem for p in (CONFIGS / "debug").glob("*.yaml"))
+
+
+def tiny(data_root, out, *extra):
+    """Overrides for a seconds-long CPU run on the tiny synthetic set."""
+    return [
+        f"data.root={data_root}",
+        "data.synthetic=null",
+        "data.image_size=32",
+        "data.batch_size=8",
+        "data.num_workers=0",
+        "data.n_folds=4",
+        "model.backbone=test_resnet",
+        "model.pretrained=false",
+        "trainer.accelerator=cpu",
+        "trainer.max_epochs=1",
+        "logger=csv",
+        f"paths.output_dir={out}",
+        *extra,
+    ]
+
+
+def run_cli(args, cwd, **kwargs):
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "hpa.train", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        **kwargs,
+    )
+
+
+def test_default_config_is_the_cpu_demo():
+    cfg = compose("train", ["paths.output_dir=x"])
+    assert cfg.data.synthetic.n_images > 0 and cfg.model.pretrained is False
+    assert cfg.trainer.accelerator == "auto"
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_runs_fast_dev_run(experiment, tiny_dataset, tmp_path):
+    overrides = [f"experiment={experiment}", "debug=fast_dev_run"] + tiny(
+        tiny_dataset, tmp_path / "run"
+    )
+    cfg = compose("train", overrides)
+    assert cfg.task_name == "debug"
+    train(cfg)
+
+
+@pytest.mark.parametrize("debug", [d for d in DEBUGS if d != "fast_dev_run"])
+def test_debug_configs_run(debug, tiny_dataset, tmp_path):
+    quick = [
+        "trainer.max_epochs=1",
+        "++trainer.limit_train_batches=2",
+        "++trainer.limit_val_batches=1",
+    ]
+    overrides = [f"debug={debug}", *tiny(tiny_dataset, tmp_path / "run")]
+    if debug == "overfit":
+        quick = ["trainer.max_epochs=2"]
+    train(compose("train", overrides + quick))
+
+
+def test_run_writes_contract_outputs_and_plots(tiny_dataset, tmp_path):
+    out = tmp_path / "run"
+    metrics = train(compose("train", tiny(tiny_dataset, out, "trainer.max_epochs=2")))
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["val/mAP"] == pytest.approx(metrics["val/mAP"])
+    assert len(saved["val/AP_per_class"]) == 19 and saved["epoch"] in (0, 1)
+    assert (out / "checkpoints" / "best.ckpt").is_file() and (
+        out / "checkpoints" / "last.ckpt"
+    ).is_file()
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert config["backbone"] == "test_resnet" and config["image_size"] == 32
+    for name in ("ap_per_class.png", "pr_curves.png", "val_samples.png"):
+        png = out / "plots" / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    oof = pd.read_csv(out / "oof.csv")
+    assert len(oof) == 10 and list(oof.columns[:3]) == ["ID", "fold", "0"]
+
+
+def test_ema_changes_the_exported_weights(tiny_dataset, tmp_path):
+    common = tiny(tiny_dataset, tmp_path / "plain", "trainer.max_epochs=2", "seed=1")
+    train(compose("train", common))
+    ema = tiny(
+        tiny_dataset,
+        tmp_path / "ema",
+        "trainer.max_epochs=2",
+        "seed=1",
+        "callbacks=ema",
+        "callbacks.ema.update_starting_at_step=0",
+        "callbacks.ema.decay=0.9",
+    )
+    train(compose("train", ema))
+    plain = load_file(str(tmp_path / "plain" / "model" / "model.safetensors"))
+    averaged = load_file(str(tmp_path / "ema" / "model" / "model.safetensors"))
+    key = next(k for k in plain if k.endswith("conv1.weight"))
+    assert not (plain[key] == averaged[key]).all()
+
+
+def test_mixup_and_cutmix_train(tiny_dataset, tmp_path):
+    train(
+        compose(
+            "train",
+            tiny(
+                tiny_dataset,
+                tmp_path / "run",
+                "mix.mixup_alpha=0.4",
+                "mix.cutmix_alpha=1.0",
+                "mix.prob=1.0",
+            ),
+        )
+    )
+    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+
+
+def test_bad_input_exits_2_without_traceback(tmp_path):
+    r = run_cli(
+        [f"data.root={tmp_path}/nothing", "data.synthetic=null", f"paths.output_dir={tmp_path}/o"],
+        tmp_path,
+    )
+    assert r.returncode == 2 and "train.csv" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli(["model.backbone=resnet1800", f"paths.output_dir={tmp_path}/o"], tmp_path)
+    assert r.returncode == 2 and "resnet1800" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli([f"ckpt_path={tmp_path}/missing.ckpt", f"paths.output_dir={tmp_path}/o"], tmp_path)
+    assert r.returncode == 2 and "missing.ckpt" in r.stderr
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_write_one_output(tiny_dataset, tmp_path):
+    out = tmp_path / "ddp"
+    r = run_cli(
+        tiny(tiny_dataset, out, "trainer=ddp_cpu", "trainer.max_epochs=1"), tmp_path, timeout=600
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert len(list(tmp_path.rglob("metrics.json"))) == 1
+    assert len([p for p in tmp_path.rglob("model") if p.is_dir()]) == 1
+    assert (out / "metrics.json").is_file() and (out / "model" / "model.safetensors").is_file()
+    assert not (tmp_path / "outputs").exists()  # no stray per-rank run folders
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_ends_at_planned_epoch(tiny_dataset, tmp_path):
+    out = tmp_path / "run"
+    args = tiny(tiny_dataset, out, "trainer.max_epochs=4", "data.batch_size=2")
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpa.train", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    last = out / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 600
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)  # into the next epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert last.exists() and not (out / "metrics.json").exists(), "the run ended before the kill"
+    r = run_cli([*args, f"ckpt_path={last}"], tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resuming from" in r.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 4
+
+
+@pytest.mark.slow
+def test_model_learns_far_better_than_shuffled_labels(tmp_path):
+    """Same pipeline, same data: true labels must beat labels shuffled across images."""
+    from hpa.synthetic import SyntheticConfig, generate_dataset
+
+    data = generate_dataset(
+        SyntheticConfig(
+            n_images=240, seed=11, image_size=96, cells_per_image=(2, 3), skew=0.0, workers=2
+        ),
+        tmp_path / "data",
+        progress=False,
+    )
+    shuffled = tmp_path / "shuffled"
+    shuffled.mkdir()
+    (shuffled / "train").symlink_to(data / "train")
+    frame = pd.read_csv(data / "train.csv")
+    frame["Label"] = frame["Label"].sample(frac=1.0, random_state=0).to_numpy()
+    frame.to_csv(shuffled / "train.csv", index=False)
+
+    def fit(root, name):
+        args = tiny(
+            root,
+            tmp_path / name,
+            "data.image_size=96",
+            "data.batch_size=16",
+            "model.backbone=resnet18",
+            "trainer.max_epochs=6",
+            "optimizer.lr=2e-3",
+        )
+        return train(compose("train", args))["val/mAP"]
+
+    real, fake = fit(data, "real"), fit(shuffled, "fake")
+    assert real > fake + 0.25, (real, fake)
