@@ -316,6 +316,8 @@ def train_tiny(tmp: Path, name: str, *overrides: str) -> Path:
         "model.backbone=resnet18",
         "data.synthetic.n_images=300",
         "data.synthetic.image_size=64",
+        "data.synthetic.cells_per_image=[3,5]",
+        "data.synthetic.skew=0.3",
         "trainer.max_epochs=8",
         "data.num_workers=0",
         f"paths.data_dir={tmp / 'data'}",

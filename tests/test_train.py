@@ -39,8 +39,10 @@ def tiny(data_root, out, *extra):
     ]
 
 
-def run_cli(args, cwd, **kwargs):
+def run_cli(args, cwd, threads=None, **kwargs):
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
+    if threads:  # one OpenMP thread per process when several processes share the cores
+        env["OMP_NUM_THREADS"] = str(threads)
     return subprocess.run(
         [sys.executable, "-m", "hpa.train", *args],
         cwd=cwd,
@@ -149,7 +151,10 @@ def test_bad_input_exits_2_without_traceback(tmp_path):
 def test_ddp_two_processes_write_one_output(tiny_dataset, tmp_path):
     out = tmp_path / "ddp"
     r = run_cli(
-        tiny(tiny_dataset, out, "trainer=ddp_cpu", "trainer.max_epochs=1"), tmp_path, timeout=600
+        tiny(tiny_dataset, out, "trainer=ddp_cpu", "trainer.max_epochs=1"),
+        tmp_path,
+        threads=1,
+        timeout=600,
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert len(list(tmp_path.rglob("metrics.json"))) == 1
