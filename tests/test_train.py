@@ -145,13 +145,18 @@ def test_bad_input_exits_2_without_traceback(tmp_path):
     assert r.returncode == 2 and "resnet1800" in r.stderr and "Traceback" not in r.stderr
     r = run_cli([f"ckpt_path={tmp_path}/missing.ckpt", f"paths.output_dir={tmp_path}/o"], tmp_path)
     assert r.returncode == 2 and "missing.ckpt" in r.stderr
+    (tmp_path / "broken.ckpt").write_bytes(b"not a checkpoint")
+    r = run_cli([f"ckpt_path={tmp_path}/broken.ckpt", f"paths.output_dir={tmp_path}/o"], tmp_path)
+    assert r.returncode == 2 and "broken.ckpt" in r.stderr and "Traceback" not in r.stderr
 
 
 @pytest.mark.slow
 def test_ddp_two_processes_write_one_output(tiny_dataset, tmp_path):
     out = tmp_path / "ddp"
     r = run_cli(
-        tiny(tiny_dataset, out, "trainer=ddp_cpu", "trainer.max_epochs=1"),
+        tiny(
+            tiny_dataset, out, "trainer.devices=2", "trainer.strategy=ddp", "trainer.max_epochs=1"
+        ),
         tmp_path,
         threads=1,
         timeout=600,

@@ -88,12 +88,26 @@ def tune(trainer, module, datamodule) -> None:
 
 
 def check_ckpt(ckpt_path: str | None) -> str | None:
+    """A resume checkpoint must exist and be a readable checkpoint (loaded without pickle)."""
+    import torch
+
     from hpa.errors import InputError
 
-    if ckpt_path and not Path(ckpt_path).is_file():
+    if not ckpt_path:
+        return None
+    if not Path(ckpt_path).is_file():
         raise InputError(
             f"ckpt_path={ckpt_path} does not exist; point it at a .ckpt from checkpoints/"
         )
+    try:
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for truncated or foreign files
+        raise InputError(
+            f"ckpt_path={ckpt_path} is not a readable checkpoint ({type(err).__name__}); "
+            "use checkpoints/last.ckpt of the run, or start without ckpt_path"
+        ) from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise InputError(f"ckpt_path={ckpt_path} is not a Lightning checkpoint (no state_dict)")
     return ckpt_path
 
 
