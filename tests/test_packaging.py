@@ -65,9 +65,9 @@ def test_train_runs_from_the_wheel_in_a_fresh_venv(wheel, tmp_path):
     assert str(site) in where and str(project_root()) not in where
     args = [
         "model.backbone=test_resnet",
-        "data.image_size=48",
+        "data.image_size=64",
         "data.synthetic.n_images=40",
-        "data.synthetic.image_size=48",
+        "data.synthetic.image_size=64",
         "data.num_workers=0",
         "trainer.max_epochs=1",
         "trainer.accelerator=cpu",
@@ -78,7 +78,7 @@ def test_train_runs_from_the_wheel_in_a_fresh_venv(wheel, tmp_path):
         [python, "-m", "hpa.train", *args], cwd=outside, env=env, capture_output=True, text=True
     )
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "generating 40 synthetic samples" in r.stderr
+    assert "generating 40 synthetic samples" in r.stdout + r.stderr
     metrics = json.loads((outside / "run" / "metrics.json").read_text())
     assert len(metrics["val/AP_per_class"]) == 19
     assert (outside / "data" / "demo" / "train.csv").is_file()

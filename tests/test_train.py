@@ -97,7 +97,10 @@ def test_run_writes_contract_outputs_and_plots(tiny_dataset, tmp_path):
         png = out / "plots" / name
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     oof = pd.read_csv(out / "oof.csv")
-    assert len(oof) == 10 and list(oof.columns[:3]) == ["ID", "fold", "0"]
+    ids = set(pd.read_csv(tiny_dataset / "train.csv")["ID"])
+    assert list(oof.columns[:3]) == ["ID", "fold", "0"] and len(oof.columns) == 2 + 19
+    assert 5 <= len(oof) <= 15 and oof["ID"].is_unique and set(oof["ID"]) <= ids
+    assert (oof["fold"] == 0).all() and oof.iloc[:, 2:].stack().between(0, 1).all()
 
 
 def test_ema_changes_the_exported_weights(tiny_dataset, tmp_path):
@@ -171,7 +174,15 @@ def test_ddp_two_processes_write_one_output(tiny_dataset, tmp_path):
 @pytest.mark.slow
 def test_sigkill_then_resume_ends_at_planned_epoch(tiny_dataset, tmp_path):
     out = tmp_path / "run"
-    args = tiny(tiny_dataset, out, "trainer.max_epochs=4", "data.batch_size=2")
+    # resnet18 at 64 px with batch 2: epochs long enough (~1 s) to kill one midway.
+    args = tiny(
+        tiny_dataset,
+        out,
+        "trainer.max_epochs=6",
+        "data.batch_size=2",
+        "data.image_size=64",
+        "model.backbone=resnet18",
+    )
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "hpa.train", *args],
@@ -184,15 +195,15 @@ def test_sigkill_then_resume_ends_at_planned_epoch(tiny_dataset, tmp_path):
     deadline = time.monotonic() + 600
     while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
-    time.sleep(1.0)  # into the next epoch
+    time.sleep(0.3)  # into the next epoch
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert last.exists() and not (out / "metrics.json").exists(), "the run ended before the kill"
     r = run_cli([*args, f"ckpt_path={last}"], tmp_path, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "resuming from" in r.stderr
+    assert "resuming from" in r.stdout + r.stderr
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["epochs_run"] == 4
+    assert metrics["epochs_run"] == 6
 
 
 @pytest.mark.slow
@@ -202,7 +213,7 @@ def test_model_learns_far_better_than_shuffled_labels(tmp_path):
 
     data = generate_dataset(
         SyntheticConfig(
-            n_images=240, seed=11, image_size=96, cells_per_image=(2, 3), skew=0.0, workers=2
+            n_images=320, seed=11, image_size=96, cells_per_image=(1, 3), skew=0.0, workers=2
         ),
         tmp_path / "data",
         progress=False,
@@ -221,10 +232,10 @@ def test_model_learns_far_better_than_shuffled_labels(tmp_path):
             "data.image_size=96",
             "data.batch_size=16",
             "model.backbone=resnet18",
-            "trainer.max_epochs=6",
+            "trainer.max_epochs=8",
             "optimizer.lr=2e-3",
         )
         return train(compose("train", args))["val/mAP"]
 
     real, fake = fit(data, "real"), fit(shuffled, "fake")
-    assert real > fake + 0.25, (real, fake)
+    assert real > 2 * fake and real > fake + 0.2, (real, fake)
