@@ -22,8 +22,6 @@ def ensure_synthetic_data(
             log.info("demo data: reusing %s", root)
         return
     options = dict(synthetic)
-    if "cells_per_image" in options:
-        options["cells_per_image"] = tuple(options["cells_per_image"])
     log.info(
         "demo data: first use, generating %d synthetic samples into %s (reused next time)",
         options.get("n_images", 0),

@@ -13,7 +13,6 @@ from hpa.synthetic.generator import SyntheticConfig, generate_dataset
 def main(argv: list[str] | None = None) -> None:
     cfg = compose("synthetic", sys.argv[1:] if argv is None else argv)
     options = {k: v for k, v in cfg.items() if k != "out" and v is not None}
-    options["cells_per_image"] = tuple(options["cells_per_image"])
     out = generate_dataset(SyntheticConfig(**options), cfg.out)
     print(
         f"wrote {cfg.n_images} samples to {out} (train.csv, masks/, cells.csv, sample_submission.csv)"

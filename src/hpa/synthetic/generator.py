@@ -71,6 +71,10 @@ class SyntheticConfig:
             raise InputError(f"image_size={self.image_size}: use at least 64 px")
         if self.n_images < 1:
             raise InputError(f"n_images={self.n_images}: need at least 1")
+        # Configs hand over lists ([1, 3]): normalise here so no caller has to.
+        self.cells_per_image = tuple(self.cells_per_image)
+        if len(self.cells_per_image) != 2:
+            raise InputError(f"cells_per_image={list(self.cells_per_image)}: give [min, max]")
         lo, hi = self.cells_per_image
         if not 1 <= lo <= hi:
             raise InputError(f"cells_per_image={self.cells_per_image}: need 1 <= min <= max")
