@@ -83,3 +83,37 @@ def test_train_runs_from_the_wheel_in_a_fresh_venv(wheel, tmp_path):
     assert len(metrics["val/AP_per_class"]) == 19
     assert (outside / "data" / "demo" / "train.csv").is_file()
     assert (outside / "run" / "model" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("python", ["3.10", "3.11", "3.12", "3.13"])
+@pytest.mark.parametrize("machine", ["x86_64", "aarch64"])
+def test_lock_holds_one_version_per_package_per_platform(python, machine):
+    """Two locked versions that both apply get installed over each other (shared file paths).
+
+    That is how CI once got cuBLAS 13.10's library under 13.1's name and died with SIGILL.
+    """
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    from packaging.markers import Marker
+
+    env = {
+        "python_version": python,
+        "python_full_version": f"{python}.0",
+        "sys_platform": "linux",
+        "platform_system": "Linux",
+        "platform_machine": machine,
+        "os_name": "posix",
+        "implementation_name": "cpython",
+        "platform_python_implementation": "CPython",
+        "extra": "",
+    }
+    lock = tomllib.loads((project_root() / "poetry.lock").read_text())
+    applies: dict[str, list[str]] = {}
+    for package in lock["package"]:
+        marker = package.get("markers")
+        if isinstance(marker, str) and not Marker(marker).evaluate(env):
+            continue
+        applies.setdefault(package["name"], []).append(package["version"])
+    assert {name: v for name, v in applies.items() if len(v) > 1} == {}
