@@ -11,6 +11,8 @@ STAMP := $(VENV)/.hpa-installed
 MIRROR_URL = $(shell $(PYTHON) scripts/index_url.py)
 RUN := NO_ALBUMENTATIONS_UPDATE=1 $(VENV)/bin/python
 export NO_ALBUMENTATIONS_UPDATE := 1
+# Unbuffered, so a run that dies (a native crash in CI) still shows how far it got.
+export PYTHONUNBUFFERED := 1
 
 .PHONY: install train test test-fast test-kaggle lint format lock build clean
 
@@ -24,6 +26,11 @@ $(POETRY):
 $(STAMP): $(POETRY) pyproject.toml poetry.lock
 	@[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
 	POETRY_PYPI_MIRROR_URL="$(MIRROR_URL)" $(POETRY) install --no-interaction --with dev
+	@# The doctor imports the native stack in a child process: a broken install (two versions of
+	@# one package sharing files, a library built for another CPU) stops here with its name,
+	@# not later as a bare "Illegal instruction" in the middle of a test run.
+	@$(RUN) -m hpa.doctor || { echo "make install: the environment above is broken;" \
+		"rm -rf $(VENV) && make install rebuilds it from the lock" >&2; exit 1; }
 	@touch $(STAMP)
 
 lock: $(POETRY)

@@ -14,6 +14,23 @@ import pytest
 from hpa import doctor
 from hpa.doctor import check_model, check_python, check_requirements, check_writable, run_checks
 
+_probe = doctor.check_imports
+
+
+@pytest.fixture(scope="module")
+def imports_here() -> list[doctor.Check]:
+    return _probe()
+
+
+@pytest.fixture(autouse=True)
+def probe_imports_once(monkeypatch, imports_here):
+    """The child-process import probe costs seconds; its answer for this env is the same each time."""
+
+    def check_imports(*args, **kwargs):
+        return _probe(*args, **kwargs) if args or kwargs else imports_here
+
+    monkeypatch.setattr(doctor, "check_imports", check_imports)
+
 
 def planted(**versions: str | None):
     """What is installed here, except the planted versions (None = not installed)."""
@@ -148,3 +165,93 @@ def test_passes_in_this_environment_as_a_subprocess(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert not fail_lines(done.stdout)
     assert done.stdout.strip().endswith("doctor: all requirements met")
+
+
+def fake_dist(site: Path, name: str, version: str) -> None:
+    info = site / f"{name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+
+
+def test_two_versions_in_one_folder_fail_naming_both(tmp_path):
+    # What Poetry did to CI: two locked nvidia-cublas versions installed over each other.
+    fake_dist(tmp_path, "nvidia-cublas", "13.1.1.3")
+    fake_dist(tmp_path, "nvidia-cublas", "13.10.0.20")
+    fake_dist(tmp_path, "lonely", "1.0")
+    (check,) = doctor.check_duplicates([str(tmp_path)])
+    assert check.status == "FAIL"
+    assert "nvidia-cublas is installed twice" in check.message
+    assert "13.1.1.3" in check.message and "13.10.0.20" in check.message
+    assert str(tmp_path.resolve()) in check.message
+    assert "pip uninstall -y nvidia-cublas" in check.fix
+
+
+def test_a_shadowed_other_version_warns_and_names_the_one_imported(tmp_path):
+    first, second = tmp_path / "user", tmp_path / "system"
+    fake_dist(first, "albumentations", "1.3.1")
+    fake_dist(second, "albumentations", "2.0.8")
+    fake_dist(first, "same", "1.0")
+    fake_dist(second, "same", "1.0")  # the same version twice is harmless
+    (check,) = doctor.check_duplicates([str(first), str(second)])
+    assert check.status == "WARN"
+    assert check.message.startswith(f"albumentations 1.3.1 in {first.resolve()} shadows 2.0.8")
+    assert doctor.check_duplicates([str(first), str(first)]) == []
+
+
+def test_this_environment_has_no_duplicates():
+    assert [c.line() for c in doctor.check_duplicates() if c.status == "FAIL"] == []
+
+
+@pytest.fixture
+def probe_env(tmp_path) -> dict[str, str]:
+    (tmp_path / "crashes.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGILL)\n")
+    (tmp_path / "raises.py").write_text("raise ImportError('undefined symbol: cublasLtFoo')\n")
+    (tmp_path / "fine.py").write_text("VALUE = 1\n")
+    return {**os.environ, "PYTHONPATH": str(tmp_path)}
+
+
+def test_a_module_that_kills_python_is_named_with_its_signal(probe_env):
+    checks = doctor.check_imports(["fine", "crashes", "never_reached"], env=probe_env)
+    assert [(c.status, c.name) for c in checks] == [("FAIL", "import:crashes")]
+    assert "import crashes kills Python (signal SIGILL)" in checks[0].message
+
+
+def test_a_module_that_raises_is_named_and_the_rest_still_probed(probe_env):
+    checks = doctor.check_imports(["raises", "fine", "missing_module"], env=probe_env)
+    failed = {c.name: c.message for c in checks if c.status == "FAIL"}
+    assert set(failed) == {"import:raises", "import:missing_module"}
+    assert "undefined symbol: cublasLtFoo" in failed["import:raises"]
+    assert doctor.check_imports(["fine"], env=probe_env)[0].status == "OK"
+
+
+def test_a_torch_that_crashes_on_import_is_reported_not_fatal(capsys, monkeypatch):
+    crash = doctor.Check("FAIL", "import:torch", "import torch kills Python (signal SIGILL)")
+    monkeypatch.setattr(doctor, "check_imports", lambda: [crash])
+
+    def no_gpu_check():
+        raise AssertionError("the doctor imported torch after the probe saw it crash")
+
+    monkeypatch.setattr(doctor, "check_gpu", no_gpu_check)
+    assert doctor.main(["--output", "."]) == 1
+    assert "FAIL import torch kills Python (signal SIGILL)" in capsys.readouterr().out
+
+
+def test_clashes_outside_what_hpa_needs_only_warn(tmp_path):
+    fake_dist(tmp_path, "nvidia-cublas", "13.1.1.3")
+    fake_dist(tmp_path, "nvidia-cublas", "13.10.0.20")
+    fake_dist(tmp_path, "bystander", "1.0")
+    fake_dist(tmp_path, "bystander", "2.0")
+    checks = doctor.check_duplicates([str(tmp_path)], needed={"nvidia-cublas", "torch"})
+    assert {c.name: c.status for c in checks} == {
+        "duplicate:bystander": "WARN",
+        "duplicate:nvidia-cublas": "FAIL",
+    }
+
+
+def test_dependency_closure_reaches_through_extras():
+    needed = doctor.dependency_closure()
+    assert {"hpa", "torch", "timm", "numpy", "albumentations"} <= needed
+    if doctor.installed_version("nvidia-cublas"):  # CUDA torch: torch -> cuda-toolkit[cublas]
+        assert "nvidia-cublas" in needed
+    assert "pytest" not in needed  # a dev tool, not something hpa needs
+    assert doctor.dependency_closure("no-such-package-xyz") is None

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import signal
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterable
@@ -20,9 +22,23 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from hpa.errors import InputError, exit_on_input_error
+
+# Native-heavy modules whose import is tried in a child process first: a broken install of one
+# (a half-overwritten shared library, a wheel built for another CPU) kills Python outright, and
+# the doctor must live to say which one did it.
+IMPORT_PROBES = (
+    "numpy",
+    "cv2",
+    "torch",
+    "torchvision",
+    "timm",
+    "pytorch_lightning",
+    "albumentations",
+)
 
 # Versions that decide whether an exported model's weights load and mean the same thing.
 WEIGHT_PACKAGES = ("torch", "timm")
@@ -103,6 +119,152 @@ def check_requirements(
         fix = install_fix(f"{req.name}{spec}", bundle)
         checks.append(Check("FAIL", req.name, f"{req.name} {found}, hpa needs {needs}", fix))
     return checks
+
+
+def dependency_closure(root: str = "hpa") -> set[str] | None:
+    """Canonical names of `root` and everything it needs as installed here (None: not installed)."""
+    if installed_version(root) is None:
+        return None
+    seen: set[str] = set()
+    todo: list[tuple[str, frozenset[str]]] = [(root, frozenset())]
+    while todo:
+        name, extras = todo.pop()
+        key = canonicalize_name(name)
+        if key in seen and not extras:
+            continue
+        seen.add(key)
+        try:
+            requires = metadata.requires(name) or []
+        except metadata.PackageNotFoundError:
+            continue
+        for text in requires:
+            req = Requirement(text)
+            wanted = extras | {""}
+            if req.marker is None or any(req.marker.evaluate({"extra": e}) for e in wanted):
+                todo.append((req.name, frozenset(req.extras)))
+    return seen
+
+
+def check_duplicates(paths: list[str] | None = None, needed: set[str] | None = None) -> list[Check]:
+    """Packages installed more than once on the import path.
+
+    Two versions in one folder share file paths: whichever was installed last owns the shared
+    files, so the package is a mix of both (a native library from one and Python code from the
+    other: "X not found", or a crash on import). Poetry did exactly this with two locked
+    nvidia-cublas versions. In different folders the first on sys.path is the one imported and
+    the other only shadows it, which breaks code that expected the hidden version's API.
+    Clashes FAIL for packages in `needed` (hpa's dependency closure; every package when None)
+    and WARN for the rest, so a broken bystander in a big image (Kaggle's) does not stop a run.
+    """
+    found: dict[str, list[tuple[str, str]]] = {}
+    for dist in metadata.distributions(path=sys.path if paths is None else paths):
+        name = dist.metadata["Name"]
+        if not name:
+            continue
+        folder = str(Path(str(dist.locate_file(""))).resolve())
+        found.setdefault(canonicalize_name(name), []).append((dist.version, folder))
+    checks = []
+    for name, copies in sorted(found.items()):
+        copies = list(dict.fromkeys(copies))  # one folder twice on sys.path is not a duplicate
+        if len(copies) < 2:
+            continue
+        folders = [folder for _, folder in copies]
+        clash = sorted({f for f in folders if folders.count(f) > 1})
+        if clash:
+            versions = " and ".join(v for v, f in copies if f == clash[0])
+            text = f"{name} is installed twice in {clash[0]} ({versions}); their files overlap"
+            fix = (
+                f"pip uninstall -y {name} until none is left, then reinstall the version you "
+                "need (in a checkout of hpa: rm -rf .venv && make install)"
+            )
+            status = "FAIL" if needed is None or name in needed else "WARN"
+            checks.append(Check(status, f"duplicate:{name}", text, fix))
+            continue
+        (used, where), *hidden = copies
+        shadowed = ", ".join(f"{v} in {f}" for v, f in hidden)
+        if all(v == used for v, _ in hidden):
+            continue
+        text = f"{name} {used} in {where} shadows {shadowed}"
+        fix = f"code that needs the hidden {name} breaks; pip uninstall the copy you do not use"
+        checks.append(Check("WARN", f"shadowed:{name}", text, fix))
+    return checks
+
+
+_PROBE = """
+import importlib, json, sys
+for name in sys.argv[1:]:
+    print(json.dumps({"start": name}), flush=True)
+    try:
+        importlib.import_module(name)
+        print(json.dumps({"ok": name}), flush=True)
+    except Exception as err:
+        print(json.dumps({"error": name, "why": f"{type(err).__name__}: {err}"}), flush=True)
+"""
+
+
+def check_imports(
+    modules: Iterable[str] = IMPORT_PROBES, env: dict[str, str] | None = None, timeout: float = 300
+) -> list[Check]:
+    """Import each installed module in one child Python; a crash there names its module."""
+    import importlib.util
+
+    names = [m for m in modules if _findable(importlib.util, m, env)]
+    if not names:
+        return []
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", _PROBE, *names],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        text = f"importing {', '.join(names)} took over {timeout:.0f} s"
+        return [Check("WARN", "imports", text, "a slow or network file system? retry")]
+    checks, started = [], None
+    for line in proc.stdout.splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue  # a module printed something of its own
+        if "start" in event:
+            started = event["start"]
+        elif "ok" in event:
+            started = None
+        elif "error" in event:
+            started = None
+            text = f"import {event['error']} fails ({event['why']})"
+            checks.append(
+                Check("FAIL", f"import:{event['error']}", text, _reinstall(event["error"]))
+            )
+    if proc.returncode != 0 and started is not None:
+        how = f"exit status {proc.returncode}"
+        if proc.returncode < 0:
+            how = f"signal {signal.Signals(-proc.returncode).name}"
+        text = f"import {started} kills Python ({how}): a broken or mismatched native library"
+        checks.append(Check("FAIL", f"import:{started}", text, _reinstall(started)))
+    if not checks:
+        checks.append(Check("OK", "imports", f"{', '.join(names)} import cleanly"))
+    return checks
+
+
+def _findable(util, module: str, env: dict[str, str] | None) -> bool:
+    if env is not None and "PYTHONPATH" in env:
+        return True  # the child sees another path; let it say what is missing
+    try:
+        return util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _reinstall(module: str) -> str:
+    dist = {"cv2": "opencv-python-headless", "pytorch_lightning": "pytorch-lightning"}
+    package = dist.get(module, module)
+    return (
+        f"see any duplicate lines above; pip install --force-reinstall --no-deps {package} "
+        "(in a checkout of hpa: rm -rf .venv && make install)"
+    )
 
 
 def check_gpu() -> list[Check]:
@@ -205,7 +367,15 @@ def run_checks(
 ) -> list[Check]:
     """Every check, in report order; `version_of` and `requirements` are injectable for tests."""
     requires, requires_python = requirements if requirements is not None else hpa_requirements()
-    checks = [check_python(requires_python), check_system(), *check_gpu()]
+    checks = [
+        check_python(requires_python),
+        check_system(),
+        *check_duplicates(needed=dependency_closure()),
+    ]
+    imports = check_imports()
+    checks += imports
+    crashed = any(c.name == "import:torch" for c in imports)
+    checks += [] if crashed else check_gpu()  # importing torch here would kill the doctor too
     checks += check_requirements(requires, version_of, bundle)
     for model in models:
         checks += check_model(Path(model), version_of)
