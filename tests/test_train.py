@@ -153,6 +153,21 @@ def test_bad_input_exits_2_without_traceback(tmp_path):
     assert r.returncode == 2 and "broken.ckpt" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        ("model.no_such_key=3", "no_such_key"),  # a typo in a key
+        ("data=no_such_group_option", "no_such_group_option"),  # an unknown config option
+        ("data.image_size=[1", "cannot parse the override `data.image_size=[1`"),
+    ],
+)
+def test_rejected_overrides_exit_2_naming_them(override, named, tmp_path):
+    r = run_cli([override, "debug=fast_dev_run", f"paths.output_dir={tmp_path}/o"], tmp_path)
+    assert r.returncode == 2, r.stdout[-1000:] + r.stderr[-2000:]
+    assert named in r.stdout + r.stderr and "Traceback" not in r.stderr
+    assert "hpa.train --help" in r.stderr
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_write_one_output(tiny_dataset, tmp_path):
     out = tmp_path / "ddp"

@@ -111,10 +111,33 @@ def check_ckpt(ckpt_path: str | None) -> str | None:
     return ckpt_path
 
 
+# Set once Hydra hands over a composed config: an exit before that is Hydra rejecting the
+# command line or the config (it has printed why), which is bad input, not a failed run.
+_composed = False
+
+
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 @exit_on_input_error
 def _hydra_main(cfg: DictConfig) -> None:
+    global _composed
+    _composed = True
     train(cfg)
+
+
+def _unparsable(argv: list[str]) -> str | None:
+    """Name the first override Hydra's grammar rejects (its own message quotes only a fragment)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    for arg in argv:
+        if arg.startswith("-"):
+            continue
+        try:
+            parser.parse_override(arg)
+        except HydraException:
+            return f"cannot parse the override `{arg}` (Hydra syntax: key=value, group=option)"
+    return None
 
 
 def main() -> None:
@@ -127,7 +150,15 @@ def main() -> None:
             if not any(a.startswith(key + "=") for a in argv):
                 argv[i] = f"{key}={arg.split('=', 1)[1]}"
     sys.argv[1:] = argv
-    _hydra_main()
+    try:
+        _hydra_main()
+    except SystemExit as done:
+        if done.code == 1 and not _composed:
+            hint = "`python -m hpa.train --help` lists the config groups and their options"
+            what = _unparsable(argv) or "bad override or config (see above)"
+            print(f"error: {what}; {hint}", file=sys.stderr)
+            sys.exit(2)
+        raise
 
 
 if __name__ == "__main__":
