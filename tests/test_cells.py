@@ -168,3 +168,14 @@ def test_datamodule_cell_level_keeps_each_image_in_one_fold(synthetic):
 def test_datamodule_rejects_unknown_level(synthetic):
     with pytest.raises(InputError, match="data.level"):
         HPADataModule(root=str(synthetic), image_size=24, batch_size=4, level="pixel")
+
+
+def test_cell_crops_go_under_cache_dir_when_set(synthetic, tmp_path):
+    ids = read_records(synthetic / "train.csv")["ID"].tolist()[:3]
+    store = tmp_path / "cache"
+    inside = cache_dir(synthetic, "train", 18, kind="cells")
+    assert not inside.exists()  # (no other test crops at 18 px)
+    cache = build_cell_cache(synthetic, ids, size=18, margin=0.05, progress=False, cache_root=store)
+    assert cache.folder == cache_dir(synthetic, "train", 18, kind="cells", cache_root=store)
+    assert cache.folder.is_relative_to(store) and len(list(cache.folder.glob("*.npy"))) == 3
+    assert not inside.exists()

@@ -227,3 +227,60 @@ def test_real_images(real_fixtures, tmp_path):
     source = open_source(tmp_path, "train", 256)
     for sid in ids:
         np.testing.assert_array_equal(source.load(sid), read_sample(tmp_path / "train", sid, 256))
+
+
+def tree(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")}
+
+
+def test_cache_dir_keeps_a_read_only_root_untouched(tmp_path, capsys, caplog):
+    # Kaggle's /kaggle/input is read-only; root here is writable, so "untouched" is checked.
+    root = tmp_path / "input" / "hpa"
+    ids = make_set(root, n=4, size=64)
+    before = tree(root)
+    store = tmp_path / "working" / "cache"
+    main([f"data.root={root}", "data.image_size=32", f"data.cache_dir={store}"])
+    assert "4 of 4 samples at 32 px" in capsys.readouterr().out
+    assert tree(root) == before  # nothing written inside the data root
+    folder = cache_dir(root, "train", 32, cache_root=store)
+    assert folder.parent.parent == store and folder.parent.name.startswith("hpa-")
+    assert (folder / "data.u8").is_file() and not cache_dir(root, "train", 32).exists()
+
+    caplog.set_level(logging.INFO)
+    dm = HPADataModule(str(root), image_size=32, batch_size=2, n_folds=2, cache_dir=str(store))
+    dm.setup()
+    assert isinstance(dm.train_set.source, CachedImages)
+    assert str(folder) in caplog.text
+    # Without data.cache_dir the same root has no cache, and the hint names the option back.
+    caplog.clear()
+    assert isinstance(open_source(root, "train", 32), RawImages)
+    caplog.clear()
+    assert isinstance(open_source(root, "train", 16, cache_root=str(store)), RawImages)
+    assert f"data.cache_dir={store}" in caplog.text
+    assert sorted(ArrayCache.open(folder, image_manifest("train", 32)).rows) == sorted(ids)
+
+
+def test_two_roots_with_one_name_share_a_cache_dir_without_colliding(tmp_path):
+    store = tmp_path / "cache"
+    a, b = tmp_path / "a" / "hpa", tmp_path / "b" / "hpa"
+    make_set(a, n=2, size=48, seed=1)
+    make_set(b, n=3, size=48, seed=2)
+    prepare_cache(a, "train", 24, workers=1, cache_root=store)
+    prepare_cache(b, "train", 24, workers=1, cache_root=store)
+    ca, cb = (cache_dir(r, "train", 24, cache_root=store) for r in (a, b))
+    assert ca != cb
+    assert isinstance(open_cache(a, "train", 24, RawImages(a / "train", 24), store), CachedImages)
+    assert isinstance(open_cache(b, "train", 24, RawImages(b / "train", 24), store), CachedImages)
+
+
+def test_unwritable_cache_location_exits_2_naming_the_option(tmp_path, capsys):
+    root = tmp_path / "data"
+    make_set(root, n=1, size=32)
+    (root / ".hpa_cache").write_text(
+        ""
+    )  # a file where the cache folder must go (fails as root too)
+    with pytest.raises(SystemExit) as done:
+        main([f"data.root={root}", "data.image_size=16"])
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert "cannot write the cache" in err and "data.cache_dir=" in err

@@ -45,10 +45,11 @@ def bench_loader(cfg: DictConfig) -> dict[str, Any]:
     batch_size = opts["batch_size"] or data["batch_size"]
     # One thread per process, as in DataLoader workers: intra-op threads only fight over cores here.
     torch.set_num_threads(1)
+    cache_root = data.get("cache_dir")
     if opts["prepare"]:
-        prepare_cache(root, image_dir, size)
+        prepare_cache(root, image_dir, size, cache_root=cache_root)
     raw = RawImages(root / image_dir, size)
-    cached = open_cache(root, image_dir, size, fallback=raw)
+    cached = open_cache(root, image_dir, size, fallback=raw, cache_root=cache_root)
     if cached is None:
         raise InputError(f"no usable cache for {root / image_dir} at {size} px; run hpa.prepare")
     ids = _cached_ids(root / data["train_csv"], cached, opts["max_samples"])

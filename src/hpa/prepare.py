@@ -3,7 +3,8 @@
 Reads every `{ID}_{red,green,blue,yellow}.{png,tif,tiff,jpg,jpeg}` in DIR/<data.image_dir> (the
 competition's train or test folder, or public HPA images named the same way; 8- or 16-bit),
 resizes each sample to data.image_size px with area interpolation and writes the rows of
-DIR/.hpa_cache/<image_dir>_<size>/ (format: hpa.data.cache), on all cores. Training then reads the
+DIR/.hpa_cache/<image_dir>_<size>/ (format: hpa.data.cache; under data.cache_dir=FOLDER instead
+when DIR is read-only), on all cores. Training then reads the
 cache instead of decoding PNGs. Killed at any moment, a re-run finishes only what is missing; on a
 prepared set it is a no-op. Bad samples are skipped and listed in report.csv next to the cache.
 """
@@ -66,7 +67,11 @@ class PrepareResult:
 
 
 def prepare_cache(
-    root: str | Path, image_dir: str, size: int, workers: int | None = None
+    root: str | Path,
+    image_dir: str,
+    size: int,
+    workers: int | None = None,
+    cache_root: str | Path | None = None,
 ) -> PrepareResult:
     """Bring the cache of root/image_dir at `size` px up to date with the files there."""
     start = time.monotonic()
@@ -81,7 +86,9 @@ def prepare_cache(
             f"no images named {{ID}}_{{{','.join(CHANNELS)}}}.png (or .tif, .jpg) in {source}"
         )
     cache = _open_or_create(
-        cache_dir(root, image_dir, size), image_manifest(image_dir, size), source
+        cache_dir(root, image_dir, size, cache_root=cache_root),
+        image_manifest(image_dir, size),
+        source,
     )
     diff = cache.sync(sources)
     known_bad = read_report(cache.report_path)
@@ -129,8 +136,8 @@ def _open_or_create(folder: Path, expect: dict, source: Path) -> ArrayCache:
         return ArrayCache.create(folder, {**expect, **made})
     except OSError as err:
         raise InputError(
-            f"cannot write the cache into {folder} ({err.strerror}); the cache lives inside "
-            "data.root, so point it at a writable copy of the data"
+            f"cannot write the cache into {folder} ({err.strerror}); set data.cache_dir to a "
+            "writable folder (e.g. data.cache_dir=/kaggle/working/cache)"
         ) from None
 
 
@@ -225,7 +232,13 @@ def main(argv: list[str] | None = None) -> None:
     cfg = compose("prepare", sys.argv[1:] if argv is None else argv)
     data = cfg.data
     try:
-        result = prepare_cache(data.root, data.image_dir, data.image_size, cfg.prepare.workers)
+        result = prepare_cache(
+            data.root,
+            data.image_dir,
+            data.image_size,
+            cfg.prepare.workers,
+            cache_root=data.get("cache_dir"),
+        )
     except KeyboardInterrupt:
         print(
             "interrupted: finished samples are kept; run the same command to go on", file=sys.stderr

@@ -1,6 +1,7 @@
 """The decode-once cache: every sample of an image folder, resized once, in one file of uint8 rows.
 
-Layout, inside the data root: `.hpa_cache/<image_dir>_<size>/` holds
+Layout, inside the data root (or under `data.cache_dir`, for a read-only root such as Kaggle's
+/kaggle/input: `<cache_dir>/<root name>-<hash of its path>/`): `.hpa_cache/<image_dir>_<size>/` holds
 - `data.u8`: row r = sample r as size x size x 4 uint8 (red, green, blue, yellow), back to back;
 - `index.json`: row -> sample ID and a signature of its source files (names, sizes, mtimes);
 - `state.u8`: one byte per row (0 to do, 1 done, 2 bad), set only after the row's pixels are
@@ -46,11 +47,34 @@ _CHANNEL_FILE = re.compile(
 )
 
 
-def cache_dir(root: str | Path, image_dir: str, size: int, kind: str = "images") -> Path:
-    """Where the cache of `root/image_dir` at `size` px lives (kind: images, or e.g. cells)."""
+def cache_dir(
+    root: str | Path,
+    image_dir: str,
+    size: int,
+    kind: str = "images",
+    cache_root: str | Path | None = None,
+) -> Path:
+    """Where the cache of `root/image_dir` at `size` px lives (kind: images, or e.g. cells).
+
+    Inside the data root by default; under `cache_root` when given (data.cache_dir), in a folder
+    per data root so that several roots can share one cache location without colliding.
+    """
     name = image_dir.strip("/").replace("/", "__")
     tag = f"{name}_{size}" if kind == "images" else f"{name}_{kind}_{size}"
-    return Path(root) / CACHE_ROOT / tag
+    if cache_root is None:
+        return Path(root) / CACHE_ROOT / tag
+    resolved = Path(root).expanduser().resolve()
+    key = hashlib.blake2b(str(resolved).encode(), digest_size=4).hexdigest()
+    return Path(cache_root).expanduser() / f"{resolved.name or 'root'}-{key}" / tag
+
+
+def prepare_hint(root: str | Path, image_dir: str, size: int, cache_root=None) -> str:
+    """The command that builds (or finishes) this cache."""
+    where = f" data.cache_dir={cache_root}" if cache_root is not None else ""
+    return (
+        f"python -m hpa.prepare data.root={root} data.image_dir={image_dir} "
+        f"data.image_size={size}{where}"
+    )
 
 
 def scan_sources(folder: str | Path) -> dict[str, str]:
@@ -104,13 +128,15 @@ class CachedImages:
 
 
 def open_cache(
-    root: str | Path, image_dir: str, size: int, fallback: SampleSource
+    root: str | Path,
+    image_dir: str,
+    size: int,
+    fallback: SampleSource,
+    cache_root: str | Path | None = None,
 ) -> CachedImages | None:
     """The cache of root/image_dir at size px if it matches the files there, else None (logged)."""
-    folder = cache_dir(root, image_dir, size)
-    hint = (
-        f"python -m hpa.prepare data.root={root} data.image_dir={image_dir} data.image_size={size}"
-    )
+    folder = cache_dir(root, image_dir, size, cache_root=cache_root)
+    hint = prepare_hint(root, image_dir, size, cache_root)
     if not (folder / "manifest.json").exists():
         log.info("data: no cache in %s; `%s` builds one for much faster loading", folder, hint)
         return None

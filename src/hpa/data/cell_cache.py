@@ -87,6 +87,7 @@ def build_cell_cache(
     segmenter: str = "watershed",
     workers: int = 0,
     progress: bool = True,
+    cache_root: str | Path | None = None,
 ) -> CellCache:
     """Crop every cell of `ids` (those not cropped yet) and return the cache.
 
@@ -109,7 +110,9 @@ def build_cell_cache(
         "margin": float(margin),
         "mask_source": f"{mask_dir}/" if use_masks else f"segmenter:{segmenter}",
     }
-    folder = _open_folder(cache_dir(root, image_dir, size, kind="cells"), manifest)
+    folder = _open_folder(
+        cache_dir(root, image_dir, size, kind="cells", cache_root=cache_root), manifest
+    )
     signatures = _signatures(root, image_dir, ids, root / mask_dir if use_masks else None)
     files = {sid: folder / f"{sid}.{signatures[sid]}.npy" for sid in ids}
     on_disk: dict[str, list[Path]] = {}

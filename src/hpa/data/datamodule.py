@@ -23,7 +23,9 @@ from hpa.errors import InputError
 log = logging.getLogger(__name__)
 
 
-def open_source(root: Path, image_dir: str, size: int) -> SampleSource:
+def open_source(
+    root: Path, image_dir: str, size: int, cache_root: str | None = None
+) -> SampleSource:
     """The fastest available source for this data set and size: a matching cache, else raw files."""
     folder = root / image_dir
     if not folder.is_dir():
@@ -32,7 +34,7 @@ def open_source(root: Path, image_dir: str, size: int) -> SampleSource:
         )
     raw = RawImages(folder, size)
     # A cache is used only if it matches the files on disk; open_cache logs why it is not.
-    return open_cache(root, image_dir, size, fallback=raw) or raw
+    return open_cache(root, image_dir, size, fallback=raw, cache_root=cache_root) or raw
 
 
 class HPADataModule(pl.LightningDataModule):
@@ -57,6 +59,7 @@ class HPADataModule(pl.LightningDataModule):
         group_column: str | None = None,
         sources: Sequence[Mapping[str, Any]] | None = None,
         merge: Mapping[str, Any] | None = None,
+        cache_dir: str | None = None,
     ):
         super().__init__()
         self.root = Path(root)
@@ -80,6 +83,8 @@ class HPADataModule(pl.LightningDataModule):
             raise InputError(
                 f"data.fold={fold} is outside 0..{n_folds - 1} (data.n_folds={n_folds})"
             )
+        # Where prepared caches live: None = inside root (data.cache_dir).
+        self.cache_dir = cache_dir
         self.records = None
 
     def prepare_data(self) -> None:
@@ -96,6 +101,7 @@ class HPADataModule(pl.LightningDataModule):
             image_dir=self.image_dir,
             masks=self.cell_masks,
             workers=self.num_workers,
+            cache_root=self.cache_dir,
         )
 
     def _ensure_merged(self) -> None:
@@ -126,7 +132,7 @@ class HPADataModule(pl.LightningDataModule):
                 )
             records["fold"] = stratified_folds(y, self.n_folds, self.fold_seed)
         self.records = records
-        source = open_source(self.root, self.image_dir, self.image_size)
+        source = open_source(self.root, self.image_dir, self.image_size, self.cache_dir)
         log.info("data: %s", source.description)
         train = np.flatnonzero(records["fold"].to_numpy() != self.fold)
         val = np.flatnonzero(records["fold"].to_numpy() == self.fold)
