@@ -255,3 +255,40 @@ def test_dependency_closure_reaches_through_extras():
         assert "nvidia-cublas" in needed
     assert "pytest" not in needed  # a dev tool, not something hpa needs
     assert doctor.dependency_closure("no-such-package-xyz") is None
+
+
+def fake_record(site: Path, name: str, version: str, files: list[str]) -> None:
+    fake_dist(site, name, version)
+    info = site / f"{name.replace('-', '_')}-{version}.dist-info"
+    (info / "RECORD").write_text("".join(f"{f},,\n" for f in files))
+
+
+def test_two_packages_writing_one_module_fail_when_hpa_needs_one(tmp_path):
+    so = "cv2/cv2.abi3.so"
+    fake_record(tmp_path, "opencv-python", "4.10.0.84", [so, "cv2/__init__.py", "cv2/data/a.py"])
+    fake_record(tmp_path, "opencv-python-headless", "4.14.0.94", [so, "cv2/__init__.py"])
+    fake_record(tmp_path, "ns-one", "1.0", ["ns/__init__.py", "ns/one.py"])
+    fake_record(tmp_path, "ns-two", "1.0", ["ns/__init__.py", "ns/two.py"])  # a namespace: fine
+    (check,) = doctor.check_overlaps([str(tmp_path)], needed={"opencv-python-headless"})
+    assert check.status == "FAIL"
+    assert check.message.startswith(
+        "opencv-python 4.10.0.84 and opencv-python-headless 4.14.0.94 install the same 1 file"
+    )
+    assert so in check.message
+    assert check.fix.endswith(
+        "pip uninstall -y opencv-python opencv-python-headless, then pip install "
+        "opencv-python-headless"
+    )
+    assert doctor.check_overlaps([str(tmp_path)], needed={"unrelated"}) == []
+
+
+def test_this_environment_has_no_overlapping_packages():
+    assert [c.line() for c in doctor.check_overlaps(needed=doctor.dependency_closure())] == []
+
+
+def test_the_same_version_of_two_builds_only_warns(tmp_path):
+    # Kaggle's image has opencv-python and opencv-python-headless of one version side by side.
+    fake_record(tmp_path, "opencv-python", "4.10.0.84", ["cv2/cv2.abi3.so"])
+    fake_record(tmp_path, "opencv-python-headless", "4.10.0.84", ["cv2/cv2.abi3.so"])
+    (check,) = doctor.check_overlaps([str(tmp_path)], needed={"opencv-python-headless"})
+    assert check.status == "WARN"

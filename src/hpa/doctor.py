@@ -190,6 +190,48 @@ def check_duplicates(paths: list[str] | None = None, needed: set[str] | None = N
     return checks
 
 
+def check_overlaps(paths: list[str] | None = None, needed: set[str] | None = None) -> list[Check]:
+    """Two different packages that install the same module file.
+
+    opencv-python beside opencv-python-headless both write cv2/: the one installed last
+    overwrote part of the other. Of two versions that makes a mix (FAIL); of one version it is
+    one build over another (WARN: Kaggle's image ships both opencv packages like that). Reported
+    when one of them is in `needed` (hpa's dependency closure; all when None). `__init__.py`
+    files are skipped: namespace packages legitimately share them.
+    """
+    owners: dict[tuple[str, str], set[tuple[str, str]]] = {}
+    for dist in metadata.distributions(path=sys.path if paths is None else paths):
+        name = dist.metadata["Name"]
+        if not name:
+            continue
+        folder = str(Path(str(dist.locate_file(""))).resolve())
+        who = (canonicalize_name(name), dist.version)  # (each .version re-reads METADATA)
+        for file in dist.files or []:
+            text = str(file)
+            if text.startswith("..") or ".dist-info" in text or file.name == "__init__.py":
+                continue
+            if text.endswith((".py", ".so", ".pyd")) or ".so." in text:
+                owners.setdefault((folder, text), set()).add(who)
+    pairs: dict[tuple[tuple[str, str], ...], tuple[str, int]] = {}
+    for (folder, text), who in owners.items():
+        if len(who) > 1 and (needed is None or needed & {n for n, _ in who}):
+            key = tuple(sorted(who))
+            example, count = pairs.get(key, (f"{folder}/{text}", 0))
+            pairs[key] = (example, count + 1)
+    checks = []
+    for key, (example, count) in sorted(pairs.items()):
+        names = [n for n, _ in key]
+        listed = " and ".join(f"{n} {v}" for n, v in key)
+        text = f"{listed} install the same {count} file(s) (e.g. {example})"
+        keep = next((n for n in names if needed and n in needed), names[0])
+        fix = f"pip uninstall -y {' '.join(names)}, then pip install {keep}"
+        status = "WARN" if len({v for _, v in key}) == 1 else "FAIL"
+        if status == "FAIL":
+            fix = f"one overwrote the other, a mix of two versions: {fix}"
+        checks.append(Check(status, f"overlap:{'+'.join(names)}", text, fix))
+    return checks
+
+
 _PROBE = """
 import importlib, json, sys
 for name in sys.argv[1:]:
@@ -367,10 +409,12 @@ def run_checks(
 ) -> list[Check]:
     """Every check, in report order; `version_of` and `requirements` are injectable for tests."""
     requires, requires_python = requirements if requirements is not None else hpa_requirements()
+    needed = dependency_closure()
     checks = [
         check_python(requires_python),
         check_system(),
-        *check_duplicates(needed=dependency_closure()),
+        *check_duplicates(needed=needed),
+        *check_overlaps(needed=needed),
     ]
     imports = check_imports()
     checks += imports
