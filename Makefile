@@ -25,7 +25,7 @@ $(POETRY):
 
 $(STAMP): $(POETRY) pyproject.toml poetry.lock
 	@[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
-	POETRY_PYPI_MIRROR_URL="$(MIRROR_URL)" $(POETRY) install --no-interaction --with dev
+	POETRY_PYPI_MIRROR_URL="$(MIRROR_URL)" $(POETRY) install --no-interaction --with dev --all-extras
 	@# The doctor imports the native stack in a child process: a broken install (two versions of
 	@# one package sharing files, a library built for another CPU) stops here with its name,
 	@# not later as a bare "Illegal instruction" in the middle of a test run.

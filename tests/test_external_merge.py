@@ -218,3 +218,107 @@ def test_merged_root_feeds_prepare_and_training(sources):
     result = subprocess.run(train, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (sources / "run" / "metrics.json").exists() and (sources / "run" / "model").is_dir()
+
+
+def brute_force_roots(codes: list[str], max_distance: int) -> list[int]:
+    ints = [int(c, 16) if c else None for c in codes]
+    parent = list(range(len(codes)))
+
+    def find(i):
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for i in range(len(codes)):
+        for j in range(i + 1, len(codes)):
+            if ints[i] is None or ints[j] is None:
+                continue
+            if bin(ints[i] ^ ints[j]).count("1") <= max_distance:
+                a, b = find(i), find(j)
+                parent[max(a, b)] = min(a, b)
+    return [find(i) for i in range(len(codes))]
+
+
+@pytest.mark.parametrize("max_distance", [0, 3, 12])
+def test_near_duplicate_roots_match_a_brute_force_search(max_distance):
+    from hpa.external.merge import near_duplicate_roots
+
+    rng = np.random.default_rng(max_distance)
+    base = [int(x) for x in rng.integers(0, 2**63, 60)]
+    codes = []
+    for value in base:  # each base code plus copies 0, 2, max_distance, +1 and 20 bits away
+        code = (value << 64) | int(rng.integers(0, 2**63))
+        codes.append(code)
+        for flips in (0, 2, max_distance, max_distance + 1, 20):
+            bits = rng.choice(128, flips, replace=False)
+            codes.append(code ^ sum(1 << int(b) for b in bits))
+    order = rng.permutation(len(codes))
+    hexes = [f"{codes[i]:032x}" for i in order] + ["", ""]  # unreadable images never match
+    got = near_duplicate_roots(hexes, max_distance)
+    assert got == brute_force_roots(hexes, max_distance)
+    assert got[-2:] == [len(hexes) - 2, len(hexes) - 1]
+    assert len(set(got)) < len(hexes)  # the copies within reach did cluster
+
+
+def test_phash_finds_the_same_field_saved_smaller_as_jpg(tmp_path, capsys):
+    comp = tmp_path / "hpa"
+    config = SyntheticConfig(n_images=24, image_size=256, workers=1, seed=5)
+    generate_dataset(config, comp, progress=False)
+    comp_table = pd.read_csv(comp / "train.csv", dtype=str)
+    others = tmp_path / "others"
+    generate_dataset(SyntheticConfig(n_images=6, image_size=256, workers=1, seed=6), others, False)
+    other_table = pd.read_csv(others / "train.csv", dtype=str)
+    public = tmp_path / "hpa_public" / "train"
+    public.mkdir(parents=True)
+    rows = []
+    for k, sid in enumerate(comp_table["ID"][:3]):  # the same fields: half size, JPG
+        image = read_sample(comp / "train", sid, 128)
+        for c, channel in enumerate(CHANNELS):
+            jpg = public / f"public{k}_{channel}.jpg"
+            cv2.imwrite(str(jpg), image[..., c], [cv2.IMWRITE_JPEG_QUALITY, 80])
+        rows.append({"ID": f"public{k}", "Label": comp_table["Label"][k]})
+    for sid, label in zip(other_table["ID"], other_table["Label"], strict=True):  # new fields
+        for channel in CHANNELS:
+            shutil.copy(
+                others / "train" / f"{sid}_{channel}.png", public / f"new-{sid}_{channel}.png"
+            )
+        rows.append({"ID": f"new-{sid}", "Label": label})
+    pd.DataFrame(rows).to_csv(tmp_path / "hpa_public" / "train.csv", index=False)
+
+    main(merged_args(tmp_path))
+    printed = capsys.readouterr().out
+    table = pd.read_csv(tmp_path / "merged" / "train.csv", dtype=str)
+    assert "hpa_public: same phash: 3" in printed
+    assert len(table) == 24 + 6 and not table["ID"].str.startswith("public").any()
+    assert (tmp_path / "merged" / ".merge_phash.json").is_file()
+
+    # Without phash the JPG copies are not caught: they would leak across folds.
+    merge_opts = "data.merge.dedupe=[id,url,sha1]"
+    main([*merged_args(tmp_path), merge_opts, f"data.root={tmp_path / 'plain'}"])
+    assert len(pd.read_csv(tmp_path / "plain" / "train.csv")) == 24 + 6 + 3
+
+
+def test_bad_phash_distance_exits_2(sources, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*merged_args(sources), "data.merge.phash_distance=99"])
+    assert exit_info.value.code == 2
+    assert "merge.phash_distance=99" in capsys.readouterr().err
+
+
+def test_phash_matches_real_hpa_fields_across_encodings(real_fixtures, tmp_path, capsys):
+    """The real samples as the public HPA set serves them (smaller JPG) are caught as duplicates."""
+    table = pd.read_csv(real_fixtures / "train.csv", dtype=str)
+    comp = tmp_path / "hpa"
+    shutil.copytree(real_fixtures / "train", comp / "train")
+    table.to_csv(comp / "train.csv", index=False)
+    public = tmp_path / "hpa_public" / "train"
+    public.mkdir(parents=True)
+    for sid in table["ID"]:
+        image = read_sample(real_fixtures / "train", sid, 512)
+        for c, channel in enumerate(CHANNELS):
+            cv2.imwrite(str(public / f"pub-{sid}_{channel}.jpg"), image[..., c])
+    table.assign(ID="pub-" + table["ID"]).to_csv(tmp_path / "hpa_public" / "train.csv", index=False)
+    main(merged_args(tmp_path))
+    assert f"hpa_public: same phash: {len(table)}" in capsys.readouterr().out
+    merged = pd.read_csv(tmp_path / "merged" / "train.csv", dtype=str)
+    assert sorted(merged["ID"]) == sorted(table["ID"])

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
@@ -30,9 +31,16 @@ from hpa.external.store import part_path, write_atomic
 log = logging.getLogger(__name__)
 SOURCE_KEYS = ("name", "root", "csv", "image_dir")
 LINKS = ("hardlink", "symlink", "copy")
-DEDUPE = ("id", "url", "sha1")  # same ID; same URL stem; byte-identical green and blue files
+# same ID; same URL stem; byte-identical green and blue files; perceptually close green and blue
+# (the same field saved at another size or encoding: a competition PNG vs a public HPA JPG).
+DEDUPE = ("id", "url", "sha1", "phash")
 MANIFEST = "merge.json"
 HASH_CACHE = ".merge_sha1.json"
+PHASH_CACHE = ".merge_phash.json"
+# Bits (of 128: green and blue pHash) two images may differ in and still be one field. Measured on
+# the real fixtures: a JPG re-encode at 1/2 or 1/4 size differs in 0-4 bits, a gamma change in
+# 0-4, while the two different fields differ in 64 (28 green + 36 blue).
+PHASH_DISTANCE = 12
 _CHANNEL_FILE = re.compile(
     rf"^(?P<id>.+)_(?:{'|'.join(CHANNELS)})(?:{'|'.join(map(re.escape, EXTENSIONS))})$"
 )
@@ -115,9 +123,15 @@ def fingerprint(sources: list[dict[str, Any]], options: Mapping[str, Any]) -> di
 class Hashes:
     """sha1 of files, cached by (path, size, mtime) so a rebuild does not reread every image."""
 
+    desc = "merge: hashing"
+    workers = 8  # reading files: I/O bound
+
     def __init__(self, cache: Path):
         self.cache = cache
         self.known: dict[str, list] = json.loads(cache.read_text()) if cache.exists() else {}
+
+    def digest(self, path: Path) -> str:
+        return hashlib.sha1(path.read_bytes()).hexdigest()
 
     def of(self, paths: list[Path], progress: bool) -> list[str]:
         def one(path: Path) -> str:
@@ -125,22 +139,103 @@ class Hashes:
             hit = self.known.get(str(path))
             if hit and hit[:2] == [stat.st_size, stat.st_mtime_ns]:
                 return hit[2]
-            digest = hashlib.sha1(path.read_bytes()).hexdigest()
+            digest = self.digest(path)
             self.known[str(path)] = [stat.st_size, stat.st_mtime_ns, digest]
             return digest
 
-        with ThreadPoolExecutor(max_workers=8) as pool:  # hashlib releases the GIL on big files
+        # hashlib and cv2's decoders release the GIL: threads use every core
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
             return list(
                 tqdm(
                     pool.map(one, paths),
                     total=len(paths),
-                    desc="merge: hashing",
+                    desc=self.desc,
                     disable=not progress,
                 )
             )
 
     def save(self) -> None:
         write_atomic(self.cache, json.dumps(self.known).encode())
+
+
+class PerceptualHashes(Hashes):
+    """64-bit pHash (imagehash) of a channel as decoded for training (8-bit, any format/size)."""
+
+    desc = "merge: perceptual hashing"
+    workers = max(os.cpu_count() or 1, 1)  # decoding images: CPU bound
+
+    def __init__(self, cache: Path):
+        try:
+            import imagehash  # noqa: F401
+        except ImportError:
+            raise InputError(
+                "merge.dedupe=phash needs the imagehash package: pip install 'hpa[external]' "
+                "(or pip install imagehash), or drop phash from merge.dedupe"
+            ) from None
+        super().__init__(cache)
+
+    def digest(self, path: Path) -> str:
+        import imagehash
+        from PIL import Image
+
+        from hpa.data.images import read_channel
+
+        try:
+            plane = read_channel(path)
+        except InputError as err:
+            log.warning("merge: %s; it cannot be matched perceptually", err)
+            return ""
+        return str(imagehash.phash(Image.fromarray(plane), hash_size=8))
+
+
+def near_duplicate_roots(codes: Sequence[str], max_distance: int) -> list[int]:
+    """For each row, the first row of its near-duplicate cluster (itself when it has none).
+
+    `codes` are equal-length hex strings (an empty one never matches); two rows are neighbours
+    when their codes differ in at most `max_distance` bits, and clusters are the connected
+    components. Candidates come from multi-index hashing: split into max_distance + 1 chunks,
+    neighbours agree on at least one chunk (pigeonhole), so only rows sharing a chunk are compared.
+    """
+    n = len(codes)
+    parent = list(range(n))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def union(i: int, j: int) -> None:
+        a, b = find(i), find(j)
+        if a != b:
+            parent[max(a, b)] = min(a, b)  # the earlier row (higher priority) is the root
+
+    valid = [i for i, c in enumerate(codes) if c]
+    if not valid:
+        return parent
+    first_of: dict[str, int] = {}
+    for i in valid:  # identical codes first: blank or repeated images collapse to one row
+        union(first_of.setdefault(codes[i], i), i)
+    unique = list(first_of.values())
+    bits = np.unpackbits(
+        np.array([np.frombuffer(bytes.fromhex(codes[i]), np.uint8) for i in unique]), axis=1
+    ).astype(bool)
+    width = bits.shape[1]
+    bounds = np.linspace(0, width, min(max_distance + 1, width) + 1).astype(int)
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        _, groups = np.unique(np.packbits(bits[:, lo:hi], axis=1), axis=0, return_inverse=True)
+        order = np.argsort(groups.ravel(), kind="stable")
+        starts = np.flatnonzero(np.diff(groups.ravel()[order], prepend=-1))
+        for members in np.split(order, starts[1:]):
+            if len(members) < 2:
+                continue
+            block = bits[members]
+            for k in range(0, len(members), 256):  # bounded memory for big buckets
+                dist = (block[k : k + 256, None, :] != block[None, :, :]).sum(axis=2)
+                for a, b in zip(*np.nonzero(dist <= max_distance), strict=True):
+                    if k + a < b:
+                        union(unique[members[k + a]], unique[members[b]])
+    return [find(i) for i in range(n)]
 
 
 def gather(source: dict[str, Any], report: MergeReport) -> pd.DataFrame:
@@ -169,6 +264,8 @@ def deduplicate(
     hashes: Hashes | None,
     report: MergeReport,
     progress: bool,
+    phashes: PerceptualHashes | None = None,
+    phash_distance: int = PHASH_DISTANCE,
 ) -> pd.DataFrame:
     """Keep the first of each duplicate set (sources are in priority order)."""
     keys = {}
@@ -183,6 +280,12 @@ def deduplicate(
         keys["sha1"] = pd.Series(
             [g + b for g, b in zip(green, blue, strict=True)], index=frame.index
         )
+    if "phash" in dedupe and phashes is not None:
+        green = phashes.of([f["green"] for f in frame["files"]], progress)
+        blue = phashes.of([f["blue"] for f in frame["files"]], progress)
+        codes = [g + b if g and b else "" for g, b in zip(green, blue, strict=True)]
+        roots = near_duplicate_roots(codes, phash_distance)
+        keys["phash"] = pd.Series([str(r) for r in roots], index=frame.index)
     keep = pd.Series(True, index=frame.index)
     first_label: dict[tuple[str, str], str] = {}
     for i in frame.index:
@@ -233,6 +336,7 @@ def merge_sources(
     train_csv: str = "train.csv",
     image_dir: str = "train",
     progress: bool = True,
+    phash_distance: int = PHASH_DISTANCE,
 ) -> MergeReport:
     """Build `out/train.csv` (ID,Label,group,source,url) and `out/image_dir/` of links."""
     if link not in LINKS:
@@ -246,10 +350,16 @@ def merge_sources(
     (out / image_dir).mkdir(parents=True, exist_ok=True)
     report = MergeReport()
     frame = pd.concat([gather(s, report) for s in checked], ignore_index=True)
+    if not 0 <= int(phash_distance) < 64:
+        raise InputError(f"merge.phash_distance={phash_distance}: use 0..63 bits (default 12)")
     hashes = Hashes(out / HASH_CACHE) if "sha1" in dedupe else None
-    frame = deduplicate(frame, dedupe, hashes, report, progress)
-    if hashes is not None:
-        hashes.save()
+    phashes = PerceptualHashes(out / PHASH_CACHE) if "phash" in dedupe else None
+    try:
+        frame = deduplicate(frame, dedupe, hashes, report, progress, phashes, int(phash_distance))
+    finally:  # hashes computed so far survive an interrupted merge
+        for cache in (hashes, phashes):
+            if cache is not None:
+                cache.save()
     if frame.empty:
         raise InputError(
             f"merging {[s['name'] for s in checked]} left no sample with all four images"
