@@ -101,6 +101,7 @@ def test_run_writes_contract_outputs_and_plots(tiny_dataset, tmp_path):
     assert list(oof.columns[:3]) == ["ID", "fold", "0"] and len(oof.columns) == 2 + 19
     assert 5 <= len(oof) <= 15 and oof["ID"].is_unique and set(oof["ID"]) <= ids
     assert (oof["fold"] == 0).all() and oof.iloc[:, 2:].stack().between(0, 1).all()
+    assert_oof_is_the_models_predictions(out, tiny_dataset)
 
 
 def test_ema_changes_the_exported_weights(tiny_dataset, tmp_path):
@@ -184,6 +185,28 @@ def test_ddp_two_processes_write_one_output(tiny_dataset, tmp_path):
     assert len([p for p in tmp_path.rglob("model") if p.is_dir()]) == 1
     assert (out / "metrics.json").is_file() and (out / "model" / "model.safetensors").is_file()
     assert not (tmp_path / "outputs").exists()  # no stray per-rank run folders
+    # oof.csv gathers both ranks' validation predictions, in the right rows: each row equals the
+    # exported model's prediction for that ID (a wrong interleave would pair IDs and rows wrongly).
+    assert_oof_is_the_models_predictions(out, tiny_dataset)
+
+
+def assert_oof_is_the_models_predictions(out: Path, data_root: Path) -> None:
+    import torch
+
+    from hpa.data.datamodule import HPADataModule
+    from hpa.models.export import load_exported
+
+    oof = pd.read_csv(out / "oof.csv")
+    dm = HPADataModule(str(data_root), image_size=32, batch_size=8, n_folds=4)
+    dm.setup()
+    ids = list(dm.val_set.ids)
+    assert sorted(oof["ID"]) == sorted(ids) and oof["ID"].is_unique
+    net, _ = load_exported(out / "model")
+    with torch.no_grad():
+        images = torch.stack([dm.val_set[i][0] for i in range(len(ids))])
+        probs = torch.sigmoid(net(images)).numpy()
+    expected = pd.DataFrame(probs, index=ids).loc[oof["ID"]].to_numpy()
+    assert abs(oof.iloc[:, 2:].to_numpy() - expected).max() < 1e-3
 
 
 @pytest.mark.slow

@@ -35,6 +35,9 @@ def finish_run(
         module, datamodule=datamodule, ckpt_path=best or None, verbose=False
     )[0]
     module.collect_predictions = False
+    in_order = trainer.world_size == 1
+    if not in_order and module.hparams.level == "image" and module.predictions:
+        in_order = gather_predictions(module, len(datamodule.val_set), trainer.world_size)
     per_class = {name: results.get(f"val/AP/{name}", float("nan")) for name in module.class_names}
     metrics = {
         "val/mAP": results["val/mAP"],
@@ -66,7 +69,7 @@ def finish_run(
                 "metrics": {"val/mAP": metrics["val/mAP"], "epoch": metrics["epoch"]},
             },
         )
-        write_plots_and_oof(module, datamodule, metrics, out, trainer.world_size)
+        write_plots_and_oof(module, datamodule, metrics, out, in_order)
         log.info(
             "val/mAP %.4f (epoch %d); wrote %s and %s",
             metrics["val/mAP"],
@@ -77,10 +80,42 @@ def finish_run(
     return metrics
 
 
+def gather_predictions(module: HPAModule, n: int, world_size: int) -> bool:
+    """Every rank's validation predictions, in dataset order, on every rank (a collective call).
+
+    Lightning validates under a DistributedSampler without shuffling: rank r gets samples
+    r, r + W, r + 2W, ... of the dataset padded to a multiple of W by repeating its start. So the
+    gathered (W, L, C) tensors, transposed to (L, W, C) and flattened, are the padded dataset
+    order; the first n rows are the dataset. False (and nothing changed) if shapes disagree.
+    """
+    import torch
+
+    probs = torch.cat(module.predictions)
+    targets = torch.cat(module.prediction_targets)
+    per_rank = -(-n // world_size)
+    if len(probs) != per_rank:
+        log.warning(
+            "oof: %d predictions on this rank, expected %d; no oof.csv", len(probs), per_rank
+        )
+        return False
+
+    def in_dataset_order(local: torch.Tensor) -> torch.Tensor:
+        gathered = module.all_gather(local.to(module.device))  # (W, L, C)
+        return gathered.transpose(0, 1).reshape(-1, local.shape[1])[:n].cpu()
+
+    module.predictions = [in_dataset_order(probs)]
+    module.prediction_targets = [in_dataset_order(targets)]
+    return True
+
+
 def write_plots_and_oof(
-    module: HPAModule, datamodule: Any, metrics: dict, out: Path, world_size: int
+    module: HPAModule, datamodule: Any, metrics: dict, out: Path, in_order: bool
 ) -> None:
-    """PNG plots in out/plots/, and out/oof.csv (validation probabilities by sample ID)."""
+    """PNG plots in out/plots/, and out/oof.csv (validation probabilities by sample ID).
+
+    `in_order`: the predictions follow the validation set's order (one process, or gathered
+    from every DDP rank), so rows map to sample IDs.
+    """
     import pandas as pd
     import torch
 
@@ -99,8 +134,7 @@ def write_plots_and_oof(
     images = [val_set[i][0].numpy() for i in range(n)]
     plots.plot_samples(images, probs[:n], targets[:n], folder / "val_samples.png")
     ids = getattr(val_set, "ids", None)
-    # With one process the validation order is the dataset's order, so rows map to sample IDs.
-    if world_size == 1 and ids is not None and len(ids) == len(probs):
+    if in_order and ids is not None and len(ids) == len(probs):
         frame = pd.DataFrame(probs.numpy(), columns=[str(i) for i in range(probs.shape[1])])
         frame.insert(0, "fold", int(datamodule.fold))
         frame.insert(0, "ID", ids)
