@@ -145,6 +145,15 @@ def dependency_closure(root: str = "hpa") -> set[str] | None:
     return seen
 
 
+def _installed(paths: list[str] | None) -> Iterable[tuple[str, str, str, metadata.Distribution]]:
+    """(canonical name, version, resolved site folder, distribution) of each installed package."""
+    for dist in metadata.distributions(path=sys.path if paths is None else paths):
+        name = dist.metadata["Name"]
+        if name:
+            folder = str(Path(str(dist.locate_file(""))).resolve())
+            yield canonicalize_name(name), dist.version, folder, dist
+
+
 def check_duplicates(paths: list[str] | None = None, needed: set[str] | None = None) -> list[Check]:
     """Packages installed more than once on the import path.
 
@@ -157,12 +166,8 @@ def check_duplicates(paths: list[str] | None = None, needed: set[str] | None = N
     and WARN for the rest, so a broken bystander in a big image (Kaggle's) does not stop a run.
     """
     found: dict[str, list[tuple[str, str]]] = {}
-    for dist in metadata.distributions(path=sys.path if paths is None else paths):
-        name = dist.metadata["Name"]
-        if not name:
-            continue
-        folder = str(Path(str(dist.locate_file(""))).resolve())
-        found.setdefault(canonicalize_name(name), []).append((dist.version, folder))
+    for name, version, folder, _ in _installed(paths):
+        found.setdefault(name, []).append((version, folder))
     checks = []
     for name, copies in sorted(found.items()):
         copies = list(dict.fromkeys(copies))  # one folder twice on sys.path is not a duplicate
@@ -200,12 +205,8 @@ def check_overlaps(paths: list[str] | None = None, needed: set[str] | None = Non
     files are skipped: namespace packages legitimately share them.
     """
     owners: dict[tuple[str, str], set[tuple[str, str]]] = {}
-    for dist in metadata.distributions(path=sys.path if paths is None else paths):
-        name = dist.metadata["Name"]
-        if not name:
-            continue
-        folder = str(Path(str(dist.locate_file(""))).resolve())
-        who = (canonicalize_name(name), dist.version)  # (each .version re-reads METADATA)
+    for name, version, folder, dist in _installed(paths):
+        who = (name, version)
         for file in dist.files or []:
             text = str(file)
             if text.startswith("..") or ".dist-info" in text or file.name == "__init__.py":
