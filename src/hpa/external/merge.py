@@ -344,14 +344,14 @@ def merge_sources(
     unknown = sorted(set(dedupe) - set(DEDUPE))
     if unknown:
         raise InputError(f"merge.dedupe has {unknown}; choose among {', '.join(DEDUPE)}")
+    if not 0 <= int(phash_distance) < 64:
+        raise InputError(f"merge.phash_distance={phash_distance}: use 0..63 bits (default 12)")
     checked = check_sources(sources)
     out = Path(out)
     check_target(out, checked, train_csv)
     (out / image_dir).mkdir(parents=True, exist_ok=True)
     report = MergeReport()
     frame = pd.concat([gather(s, report) for s in checked], ignore_index=True)
-    if not 0 <= int(phash_distance) < 64:
-        raise InputError(f"merge.phash_distance={phash_distance}: use 0..63 bits (default 12)")
     hashes = Hashes(out / HASH_CACHE) if "sha1" in dedupe else None
     phashes = PerceptualHashes(out / PHASH_CACHE) if "phash" in dedupe else None
     try:
