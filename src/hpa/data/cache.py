@@ -1,7 +1,7 @@
 """The decode-once cache: every sample of an image folder, resized once, in one file of uint8 rows.
 
-Layout, inside the data root (or under `data.cache_dir`, for a read-only root such as Kaggle's
-/kaggle/input: `<cache_dir>/<root name>-<hash of its path>/`): `.hpa_cache/<image_dir>_<size>/` holds
+Layout: `ROOT/.hpa_cache/<image_dir>_<size>/`, or with `data.cache_dir` (for a read-only root such
+as Kaggle's /kaggle/input) `<cache_dir>/<root name>-<hash of its path>/<image_dir>_<size>/`, holds
 - `data.u8`: row r = sample r as size x size x 4 uint8 (red, green, blue, yellow), back to back;
 - `index.json`: row -> sample ID and a signature of its source files (names, sizes, mtimes);
 - `state.u8`: one byte per row (0 to do, 1 done, 2 bad), set only after the row's pixels are
