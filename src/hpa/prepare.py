@@ -4,8 +4,9 @@ Reads every `{ID}_{red,green,blue,yellow}.{png,tif,tiff,jpg,jpeg}` in DIR/<data.
 competition's train or test folder, or public HPA images named the same way; 8- or 16-bit),
 resizes each sample to data.image_size px with area interpolation and writes the rows of
 DIR/.hpa_cache/<image_dir>_<size>/ (format: hpa.data.cache; under data.cache_dir=FOLDER instead
-when DIR is read-only), on all cores. Training then reads the cache instead of decoding PNGs. Killed at any moment, a re-run finishes only what is missing; on a
-prepared set it is a no-op. Bad samples are skipped and listed in report.csv next to the cache.
+when DIR is read-only), on all cores. Training then reads the cache instead of decoding PNGs.
+Killed at any moment, a re-run finishes only what is missing; on a prepared set it is a no-op.
+Bad samples are skipped and listed in report.csv next to the cache.
 """
 
 from __future__ import annotations
