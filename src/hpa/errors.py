@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 from collections.abc import Callable
@@ -9,20 +10,47 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
+# What torch's DataLoader puts before an exception it re-raises from a worker process.
+_WORKER_MARK = "Original Traceback (most recent call last):"
+
 
 class InputError(Exception):
     """Bad input from the user (file, value, config): the message names it and says what to do."""
 
 
+def one_line(err: BaseException) -> str:
+    """The user's message of an error, also when a DataLoader worker wrapped it in its traceback.
+
+    torch re-raises a worker's exception as the same type with "Caught X in DataLoader worker
+    process N. Original Traceback ... X: message" as its text: the message is the last line.
+    """
+    text = str(err)
+    if _WORKER_MARK in text:
+        last = text.rstrip().splitlines()[-1]
+        name = type(err).__name__
+        for prefix in (f"{type(err).__module__}.{name}: ", f"{name}: "):
+            if last.startswith(prefix):
+                return last[len(prefix) :]
+        return last
+    return text
+
+
 def exit_on_input_error(fn: Callable[..., T]) -> Callable[..., T]:
-    """Wrap an entry point so an `InputError` prints `error: ...` and exits with status 2."""
+    """Wrap an entry point: an `InputError`, or a disk that filled up, prints `error: ...` and
+    exits with status 2."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except InputError as err:
-            print(f"error: {err}", file=sys.stderr)
+            print(f"error: {one_line(err)}", file=sys.stderr)
+            sys.exit(2)
+        except OSError as err:
+            if err.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+                raise
+            where = f" writing {err.filename}" if err.filename else ""
+            print(f"error: no space left on the disk{where}; free some space", file=sys.stderr)
             sys.exit(2)
 
     return wrapper
