@@ -1,4 +1,4 @@
-"""The embedded demo data: generated once into data.root, reused afterwards."""
+"""The embedded demo data: generated once into its own folder, reused afterwards."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from hpa.synthetic.generator import SyntheticConfig, generate_atomically
+from hpa.errors import InputError
+from hpa.synthetic.generator import SyntheticConfig, generate_atomically, is_generated
 
 log = logging.getLogger(__name__)
 
@@ -15,13 +16,33 @@ log = logging.getLogger(__name__)
 def ensure_synthetic_data(
     root: str | Path, train_csv: str, synthetic: Mapping[str, Any] | None
 ) -> None:
-    """If `synthetic` is set and `root` holds no data yet, generate it there (atomically)."""
+    """Make sure `root/train_csv` exists, generating the demo set when `root` is the demo's folder.
+
+    The generator writes only where `synthetic.root` (the demo's own folder, default
+    `${paths.data_dir}/demo`) is `root` and that folder is absent, empty or an earlier synthetic set.
+    A `data.root` the user chose that lacks its table is an error naming the file, whatever the
+    data group: nothing is generated there, nothing is deleted.
+    """
     root = Path(root)
-    if synthetic is None or (root / train_csv).exists():
+    table = root / train_csv
+    if table.exists():
         if synthetic is not None:
             log.info("demo data: reusing %s", root)
         return
-    options = dict(synthetic)
+    options = dict(synthetic or {})
+    home = options.pop("root", None)
+    if synthetic is None or home is None or Path(home).resolve() != root.resolve():
+        what = "does not exist" if not root.exists() else f"has no {train_csv}"
+        raise InputError(
+            f"data.root={root} {what}: missing {table}. Point data.root at a folder with "
+            f"{train_csv} and {Path(train_csv).stem}/ images (file names are case-sensitive), "
+            "or leave data.root unset for the demo data"
+        )
+    if root.is_dir() and any(root.iterdir()) and not is_generated(root):
+        raise InputError(
+            f"{root} is not empty and has no {train_csv}; the demo will not write into a folder "
+            "it did not make. Move it away, or set paths.data_dir to another folder"
+        )
     log.info(
         "demo data: first use, generating %d synthetic samples into %s (reused next time)",
         options.get("n_images", 0),

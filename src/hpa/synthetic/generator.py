@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import uuid
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from tqdm import tqdm
 
 from hpa.data.images import CHANNELS, write_channel
 from hpa.errors import InputError
+from hpa.fsio import atomic_dir, atomic_path, write_text
 from hpa.labels import NEGATIVE, NUM_CLASSES, format_labels
 from hpa.synthetic.cells import layout_cells, smooth_noise
 from hpa.synthetic.patterns import PATTERNS, Context, er_network, microtubule_network
@@ -181,14 +181,41 @@ def _write_sample(
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_csv(tmp, index=False)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+# Left in every folder the generator writes: only a folder that holds it (or an empty one) is ever
+# written into, replaced or removed by the generator. A user's data folder never is.
+MARKER = ".hpa-synthetic"
+
+
+def is_generated(folder: str | Path) -> bool:
+    """True for a folder the generator made (its marker is there)."""
+    return (Path(folder) / MARKER).is_file()
+
+
+def check_writable_target(out: str | Path) -> None:
+    """`out` must be absent, empty, or a folder the generator made; anything else is user data."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} is a file; synthetic data needs a folder, choose another path")
+    if out.is_dir() and any(out.iterdir()) and not is_generated(out):
+        raise InputError(
+            f"{out} is not empty and was not made by hpa's synthetic generator ({MARKER} missing); "
+            "nothing was written. Choose an empty or new folder"
+        )
 
 
 def generate_dataset(cfg: SyntheticConfig, out: str | Path, progress: bool = True) -> Path:
-    """Write a competition-layout data set with ground truth to `out` and return it."""
+    """Write a competition-layout data set with ground truth to `out` and return it.
+
+    `out` must be absent, empty or an earlier synthetic set (InputError otherwise).
+    """
     out = Path(out)
+    check_writable_target(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / MARKER, f"written by hpa.synthetic: {cfg}\n")
     for sub in (cfg.split, "masks", "nuclei"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     jobs = [(cfg, i, out) for i in range(cfg.n_images)]
@@ -226,13 +253,15 @@ def generate_dataset(cfg: SyntheticConfig, out: str | Path, progress: bool = Tru
 
 
 def generate_atomically(cfg: SyntheticConfig, out: str | Path, progress: bool = True) -> Path:
-    """Generate into a sibling temp folder and rename it into place: a kill leaves no half set."""
+    """Generate into a sibling temp folder and rename it into place: a kill leaves no half set.
+
+    An existing `out` is replaced only when it is empty or a synthetic set (its marker); any
+    other folder is refused before anything is written.
+    """
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    generate_dataset(cfg, tmp, progress=progress)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    check_writable_target(out)
+    with atomic_dir(out) as tmp:
+        generate_dataset(cfg, tmp, progress=progress)
     return out
 
 
@@ -241,5 +270,6 @@ __all__ = [
     "SyntheticConfig",
     "generate_dataset",
     "generate_atomically",
+    "is_generated",
     "render_sample",
 ]
