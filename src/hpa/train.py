@@ -10,7 +10,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from hpa.errors import exit_on_input_error
+from hpa.errors import InputError, exit_on_input_error
 
 log = logging.getLogger(__name__)
 
@@ -27,20 +27,39 @@ def run_dir_for(ckpt_path: str | None, default: str) -> str:
 OmegaConf.register_new_resolver("hpa_run_dir", run_dir_for, replace=True)
 
 
+class Stopped(Exception):
+    """Training stopped by SIGTERM; `last.ckpt` (if any) holds where it stopped."""
+
+    def __init__(self, run_dir: Path, last: Path | None, summary: dict[str, Any] | None):
+        self.run_dir, self.last, self.summary = run_dir, last, summary
+        super().__init__(str(last))
+
+    def message(self) -> str:
+        if self.last is None:
+            return "stopped by SIGTERM before the first checkpoint; nothing to resume, start again"
+        where = f" at epoch {self.summary['epoch']}, step {self.summary['global_step']}"
+        return (
+            f"stopped by SIGTERM{where}; resume with the same overrides plus ckpt_path={self.last}"
+        )
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train as configured; return the metrics of the best checkpoint."""
     import pytorch_lightning as pl
     from hydra.utils import instantiate
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
 
     from hpa.data.datamodule import HPADataModule
     from hpa.demo import ensure_synthetic_data
     from hpa.labels import CLASS_NAMES
+    from hpa.training.checkpointing import AtomicCheckpointIO, checkpoint_summary, weights_only
     from hpa.training.finish import finish_run
     from hpa.training.module import HPAModule
 
     pl.seed_everything(cfg.seed, workers=True)
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
     ensure_synthetic_data(data_cfg["root"], data_cfg["train_csv"], data_cfg.pop("synthetic"))
+    ckpt_path = check_ckpt(cfg.ckpt_path)
     datamodule = HPADataModule(**data_cfg)
     module = HPAModule(
         model=OmegaConf.to_container(cfg.model, resolve=True),
@@ -51,6 +70,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         level=cfg.data.get("level", "image"),
         mix=OmegaConf.to_container(cfg.mix, resolve=True),
     )
+    if ckpt_path:
+        check_ckpt_matches(ckpt_path, module)
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     loggers = (
         [instantiate(c) for c in cfg.logger.values() if c is not None]
@@ -62,16 +83,36 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         callbacks=callbacks,
         logger=loggers,
         default_root_dir=cfg.paths.output_dir,
+        plugins=[AtomicCheckpointIO()],
     )
     if cfg.tune:
         tune(trainer, module, datamodule)
-    ckpt_path = check_ckpt(cfg.ckpt_path)
     if ckpt_path:
-        log.info("resuming from %s (run folder %s)", ckpt_path, cfg.paths.output_dir)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        done = checkpoint_summary(ckpt_path)
+        log.info(
+            "resuming from %s (epoch %d, step %d; run folder %s)",
+            ckpt_path,
+            done["epoch"],
+            done["global_step"],
+            cfg.paths.output_dir,
+        )
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, **weights_only(trainer.fit))
+    except SIGTERMException:
+        raise stopped(cfg, callbacks) from None
+    if trainer.received_sigterm:  # SIGTERM after the last check: fit returned normally
+        raise stopped(cfg, callbacks)
     if not cfg.export:
         return {k: float(v) for k, v in trainer.callback_metrics.items()}
     return finish_run(trainer, module, datamodule, Path(cfg.paths.output_dir), cfg)
+
+
+def stopped(cfg: DictConfig, callbacks: list) -> Stopped:
+    from hpa.training.checkpointing import SaveOnSigterm, checkpoint_summary
+
+    keeper = next((c for c in callbacks if isinstance(c, SaveOnSigterm)), None)
+    last = keeper.saved or (keeper.path if keeper.path.is_file() else None) if keeper else None
+    return Stopped(Path(cfg.paths.output_dir), last, checkpoint_summary(last) if last else None)
 
 
 def tune(trainer, module, datamodule) -> None:
@@ -91,8 +132,6 @@ def check_ckpt(ckpt_path: str | None) -> str | None:
     """A resume checkpoint must exist and be a readable checkpoint (loaded without pickle)."""
     import torch
 
-    from hpa.errors import InputError
-
     if not ckpt_path:
         return None
     if not Path(ckpt_path).is_file():
@@ -111,6 +150,38 @@ def check_ckpt(ckpt_path: str | None) -> str | None:
     return ckpt_path
 
 
+def check_ckpt_matches(ckpt_path: str, module) -> None:
+    """The model being resumed must be the one in the checkpoint: same weights, same shapes."""
+    from hpa.training.checkpointing import checkpoint_summary
+
+    saved = checkpoint_summary(ckpt_path)
+    ours = module.state_dict()
+    theirs = saved["state_dict"]
+    missing = [k for k in ours if k not in theirs]
+    unexpected = [k for k in theirs if k not in ours]
+    reshaped = [k for k in ours if k in theirs and tuple(ours[k].shape) != tuple(theirs[k].shape)]
+    if not (missing or unexpected or reshaped):
+        return
+    old = saved["hyper_parameters"].get("model", {}) or {}
+    new = module.hparams.get("model", {}) or {}
+    changed = [
+        f"model.{k}={new.get(k)!r} (checkpoint: {old.get(k)!r})"
+        for k in sorted(set(old) | set(new))
+        if old.get(k) != new.get(k) and k not in ("pretrained", "pretrained_path")
+    ]
+    what = (
+        "; ".join(changed)
+        if changed
+        else (
+            f"{len(missing)} missing, {len(unexpected)} unexpected, {len(reshaped)} reshaped weights"
+        )
+    )
+    raise InputError(
+        f"ckpt_path={ckpt_path} holds a different model: {what}. Resume with the run's own "
+        "model settings (its .hydra/overrides.yaml), or start without ckpt_path"
+    )
+
+
 # Set once Hydra hands over a composed config: an exit before that is Hydra rejecting the
 # command line or the config (it has printed why), which is bad input, not a failed run.
 _composed = False
@@ -121,7 +192,11 @@ _composed = False
 def _hydra_main(cfg: DictConfig) -> None:
     global _composed
     _composed = True
-    train(cfg)
+    try:
+        train(cfg)
+    except Stopped as stop:
+        print(stop.message(), file=sys.stderr)
+        sys.exit(143)  # 128 + SIGTERM, what a shell reports for a process the signal ended
 
 
 def _unparsable(argv: list[str]) -> str | None:
@@ -140,6 +215,62 @@ def _unparsable(argv: list[str]) -> str | None:
     return None
 
 
+# What a run writes into its folder. A folder holding any of the first four holds a run that a new
+# run must not overwrite (its history, checkpoints or results would be replaced).
+RUN_RESULTS = ("metrics.json", "model", "checkpoints", "csv/metrics.csv")
+RUN_FILES = (
+    *RUN_RESULTS[:3], "csv", "tensorboard", ".hydra", "oof.csv", "plots", "lr_find.png", "train.log"
+)
+
+
+def holds_run(folder: Path) -> list[str]:
+    """The results of an earlier run that `folder` holds."""
+    found = []
+    for name in RUN_RESULTS:
+        path = folder / name
+        if path.is_file() or (path.is_dir() and any(path.iterdir())):
+            found.append(name)
+    return found
+
+
+def _arg(argv: list[str], key: str) -> str | None:
+    values = [a.split("=", 1)[1] for a in argv if a.startswith(key + "=")]
+    return values[-1] if values else None
+
+
+def guard_run_folder(argv: list[str]) -> list[str]:
+    """A new run into a folder that holds a run refuses, unless `overwrite=true` (the old files
+    move aside into `previous-<time>/`). A resume keeps the run's first `.hydra/` config."""
+    import time
+
+    overwrite = (_arg(argv, "overwrite") or "false").lower() in ("true", "1", "yes")
+    argv = [a for a in argv if not a.startswith("overwrite=")]
+    run_dir = _arg(argv, "hydra.run.dir")
+    if _arg(argv, "ckpt_path") not in (None, "null", ""):
+        if _arg(argv, "hydra.output_subdir") is None:
+            argv.append(f"hydra.output_subdir=.hydra/resumed-{time.strftime('%Y%m%d-%H%M%S')}")
+        return argv
+    if run_dir is None or any(a in ("-m", "--multirun") for a in argv):
+        return argv  # a fresh time-stamped folder, or one per job
+    folder = Path(run_dir)
+    found = holds_run(folder)
+    if not found:
+        return argv
+    if not overwrite:
+        raise InputError(
+            f"paths.output_dir={run_dir} already holds a run ({', '.join(found)}); nothing was "
+            f"changed. Resume it with ckpt_path={folder / 'checkpoints' / 'last.ckpt'}, choose "
+            "another folder, or add overwrite=true (the old run moves to previous-<time>/ there)"
+        )
+    aside = folder / f"previous-{time.strftime('%Y%m%d-%H%M%S')}"
+    aside.mkdir()
+    for name in RUN_FILES:
+        if (folder / name).exists():
+            (folder / name).rename(aside / name)
+    print(f"overwrite=true: the earlier run in {folder} moved to {aside}", file=sys.stderr)
+    return argv
+
+
 def main() -> None:
     # The contract's `paths.output_dir=DIR` sets Hydra's run folder (in a multirun, the sweep folder).
     argv = sys.argv[1:]
@@ -149,6 +280,12 @@ def main() -> None:
             key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
             if not any(a.startswith(key + "=") for a in argv):
                 argv[i] = f"{key}={arg.split('=', 1)[1]}"
+    if not any(a in ("-h", "--help", "--cfg", "-c", "--info", "-i") for a in argv):
+        try:
+            argv = guard_run_folder(argv)
+        except InputError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
     sys.argv[1:] = argv
     try:
         _hydra_main()

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import platform
-import shutil
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from hpa.errors import InputError
+from hpa.fsio import atomic_dir, write_json
 from hpa.models.factory import create_backbone
 from hpa.models.net import HPANet
 
@@ -39,11 +38,7 @@ def export_model(net: HPANet, out_dir: str | Path, meta: dict[str, Any]) -> Path
     from the net. Written to a temp folder first and renamed, so a crash never leaves half a model.
     """
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
     config = {
         "format": FORMAT,
         **meta,
@@ -51,14 +46,9 @@ def export_model(net: HPANet, out_dir: str | Path, meta: dict[str, Any]) -> Path
         "std": (net.std.flatten() / 255.0).tolist(),
         "versions": runtime_versions(),
     }
-    (tmp / CONFIG).write_text(json.dumps(config, indent=2))
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        out_dir.rename(old)
-        tmp.rename(out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
+        write_json(tmp / CONFIG, config)
     return out_dir
 
 

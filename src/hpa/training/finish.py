@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 
+from hpa.fsio import atomic_path, write_json
 from hpa.models.export import export_model
+from hpa.training.checkpointing import weights_only
 from hpa.training.module import HPAModule
 
 log = logging.getLogger(__name__)
-
-
-def _atomic_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
 
 
 def finish_run(
@@ -32,7 +26,11 @@ def finish_run(
     module.collect_predictions = True
     module.predictions, module.prediction_targets = [], []
     results = trainer.validate(
-        module, datamodule=datamodule, ckpt_path=best or None, verbose=False
+        module,
+        datamodule=datamodule,
+        ckpt_path=best or None,
+        verbose=False,
+        **weights_only(trainer.validate),
     )[0]
     module.collect_predictions = False
     in_order = trainer.world_size == 1
@@ -53,7 +51,7 @@ def finish_run(
     }
     if trainer.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)
-        _atomic_json(out / "metrics.json", metrics)
+        write_json(out / "metrics.json", metrics)
         export_model(
             module.net,
             out / "model",
@@ -138,8 +136,8 @@ def write_plots_and_oof(
         frame = pd.DataFrame(probs.numpy(), columns=[str(i) for i in range(probs.shape[1])])
         frame.insert(0, "fold", int(datamodule.fold))
         frame.insert(0, "ID", ids)
-        frame.to_csv(out / ".oof.csv.tmp", index=False, float_format="%.5f")
-        (out / ".oof.csv.tmp").replace(out / "oof.csv")
+        with atomic_path(out / "oof.csv") as tmp:
+            frame.to_csv(tmp, index=False, float_format="%.5f")
         merge_sweep_oof(out)
 
 
@@ -152,8 +150,8 @@ def merge_sweep_oof(out: Path) -> None:
     if len(parts) < 2 or not (sweep / "multirun.yaml").exists():
         return
     merged = pd.concat([pd.read_csv(p) for p in parts]).drop_duplicates("ID", keep="last")
-    merged.to_csv(sweep / ".oof.csv.tmp", index=False, float_format="%.5f")
-    (sweep / ".oof.csv.tmp").replace(sweep / "oof.csv")
+    with atomic_path(sweep / "oof.csv") as tmp:
+        merged.to_csv(tmp, index=False, float_format="%.5f")
 
 
 def _best_epoch(best: str | None, trainer: pl.Trainer) -> int:

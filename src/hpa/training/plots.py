@@ -13,12 +13,15 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torchmetrics.functional.classification import multilabel_precision_recall_curve  # noqa: E402
 
+from hpa.fsio import atomic_path  # noqa: E402
+
 
 def _save(fig, path: Path) -> Path:
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return path
 
 
