@@ -37,6 +37,32 @@ def open_source(
     return open_cache(root, image_dir, size, fallback=raw, cache_root=cache_root) or raw
 
 
+def init_worker(worker_id: int) -> None:
+    """DataLoader workers leave SIGTERM to the main process, which stops them itself after saving
+    a checkpoint (a signal to the whole process group no longer kills them mid-batch, which made
+    the main process die with a worker traceback); they die with it if it is killed outright."""
+    import signal
+
+    from lightning_fabric.utilities.seed import pl_worker_init_function
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
+    pl_worker_init_function(worker_id)  # what seed_everything(workers=True) would have set
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this process when its parent dies (prctl PR_SET_PDEATHSIG)."""
+    import contextlib
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+
 class HPADataModule(pl.LightningDataModule):
     def __init__(
         self,
@@ -60,6 +86,7 @@ class HPADataModule(pl.LightningDataModule):
         sources: Sequence[Mapping[str, Any]] | None = None,
         merge: Mapping[str, Any] | None = None,
         cache_dir: str | None = None,
+        check_images: bool = True,
     ):
         super().__init__()
         self.root = Path(root)
@@ -85,12 +112,32 @@ class HPADataModule(pl.LightningDataModule):
             )
         # Where prepared caches live: None = inside root (data.cache_dir).
         self.cache_dir = cache_dir
+        # Headers of every raw image checked before the first epoch (data.check_images).
+        self.check_images = check_images
+        self._checked = False
         self.records = None
+
+    def _check_raw_images(self, ids: list[str]) -> None:
+        """A bad file stops the run here, named, before any worker or epoch starts."""
+        if not self.check_images or self._checked:
+            return
+        from hpa.data.check import check_images
+
+        check_images(
+            self.root,
+            self.image_dir,
+            ids,
+            workers=max(4, self.num_workers),
+            cache_root=self.cache_dir,
+        )
+        self._checked = True
 
     def prepare_data(self) -> None:
         self._ensure_merged()
         if self.level == "cell":  # crop once, on one process per node
-            self._cell_cache(read_records(self.root / self.train_csv)["ID"].tolist())
+            ids = read_records(self.root / self.train_csv)["ID"].tolist()
+            self._check_raw_images(ids)
+            self._cell_cache(ids)
 
     def _cell_cache(self, ids: list[str]):
         return build_cell_cache(
@@ -134,6 +181,8 @@ class HPADataModule(pl.LightningDataModule):
         self.records = records
         source = open_source(self.root, self.image_dir, self.image_size, self.cache_dir)
         log.info("data: %s", source.description)
+        if isinstance(source, RawImages) or self.level == "cell":
+            self._check_raw_images(records["ID"].tolist())
         train = np.flatnonzero(records["fold"].to_numpy() != self.fold)
         val = np.flatnonzero(records["fold"].to_numpy() == self.fold)
         ids = records["ID"].tolist()
@@ -168,6 +217,7 @@ class HPADataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
+            worker_init_fn=init_worker if self.num_workers > 0 else None,
         )
 
     def train_dataloader(self) -> DataLoader:
