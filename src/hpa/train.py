@@ -49,18 +49,23 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from hydra.utils import instantiate
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-    from hpa.data.datamodule import HPADataModule
+    from hpa.config_check import check_config
     from hpa.demo import ensure_synthetic_data
     from hpa.labels import CLASS_NAMES
+    from hpa.pipeline import build_datamodule
     from hpa.training.checkpointing import AtomicCheckpointIO, checkpoint_summary, weights_only
     from hpa.training.finish import finish_run
     from hpa.training.module import HPAModule
 
+    check_config(cfg, "train")
     pl.seed_everything(cfg.seed, workers=True)
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
     ensure_synthetic_data(data_cfg["root"], data_cfg["train_csv"], data_cfg.pop("synthetic"))
     ckpt_path = check_ckpt(cfg.ckpt_path)
-    datamodule = HPADataModule(**data_cfg)
+    segmenter_cfg = cfg.get("segmenter")
+    datamodule = build_datamodule(
+        data_cfg, OmegaConf.to_container(segmenter_cfg, resolve=True) if segmenter_cfg else None
+    )
     module = HPAModule(
         model=OmegaConf.to_container(cfg.model, resolve=True),
         optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
@@ -201,25 +206,25 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 def _unparsable(argv: list[str]) -> str | None:
     """Name the first override Hydra's grammar rejects (its own message quotes only a fragment)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
+    from hpa.cli import override_problem
 
-    parser = OverridesParser.create()
-    for arg in argv:
-        if arg.startswith("-"):
-            continue
-        try:
-            parser.parse_override(arg)
-        except HydraException:
-            return f"cannot parse the override `{arg}` (Hydra syntax: key=value, group=option)"
-    return None
+    return next(
+        (p for p in (override_problem(a) for a in argv if not a.startswith("-")) if p), None
+    )
 
 
 # What a run writes into its folder. A folder holding any of the first four holds a run that a new
 # run must not overwrite (its history, checkpoints or results would be replaced).
 RUN_RESULTS = ("metrics.json", "model", "checkpoints", "csv/metrics.csv")
 RUN_FILES = (
-    *RUN_RESULTS[:3], "csv", "tensorboard", ".hydra", "oof.csv", "plots", "lr_find.png", "train.log"
+    *RUN_RESULTS[:3],
+    "csv",
+    "tensorboard",
+    ".hydra",
+    "oof.csv",
+    "plots",
+    "lr_find.png",
+    "train.log",
 )
 
 
