@@ -35,6 +35,12 @@ def one_line(err: BaseException) -> str:
     return text
 
 
+def _end_progress_bars() -> None:
+    from hpa.signals import close_progress_bars
+
+    close_progress_bars()
+
+
 def exit_on_input_error(fn: Callable[..., T]) -> Callable[..., T]:
     """Wrap an entry point: an `InputError`, or a disk that filled up, prints `error: ...` and
     exits with status 2."""
@@ -44,11 +50,13 @@ def exit_on_input_error(fn: Callable[..., T]) -> Callable[..., T]:
         try:
             return fn(*args, **kwargs)
         except InputError as err:
+            _end_progress_bars()
             print(f"error: {one_line(err)}", file=sys.stderr)
             sys.exit(2)
         except OSError as err:
             if err.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
                 raise
+            _end_progress_bars()
             where = f" writing {err.filename}" if err.filename else ""
             print(f"error: no space left on the disk{where}; free some space", file=sys.stderr)
             sys.exit(2)

@@ -8,15 +8,18 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from hpa.cli import compose, setup_logging
+from hpa.cli import check_writable, compose, setup_logging
 from hpa.errors import InputError, exit_on_input_error
+from hpa.signals import graceful_sigterm
 
 log = logging.getLogger("hpa.predict")
 REQUIRED = ("models", "input_dir", "sample_submission")
+RESUME_HINT = "the rows written so far are kept; run the same command to resume"
 
 
 def predict(cfg: DictConfig) -> Path:
     """Write the submission for every row of the sample submission; return its path."""
+    check_required(cfg)  # before the imports below (seconds): bad input fails at once
     from tqdm import tqdm
 
     from hpa.data.images import read_sample
@@ -25,7 +28,6 @@ def predict(cfg: DictConfig) -> Path:
     from hpa.segment.factory import build_segmenter
     from hpa.submission.writer import SubmissionWriter, prediction_string, read_sample_submission
 
-    check_required(cfg)
     rows = read_sample_submission(cfg.sample_submission)
     device = resolve_device(cfg.device)
     models = cfg.models if OmegaConf.is_list(cfg.models) else [cfg.models]
@@ -88,6 +90,7 @@ def check_required(cfg: DictConfig) -> None:
         raise InputError(
             f"input_dir={cfg.input_dir} is not a folder of {{ID}}_{{red,green,blue,yellow}} images"
         )
+    check_writable(cfg.submission, "submission")
 
 
 def options_from(cfg: DictConfig, options_cls):
@@ -108,7 +111,13 @@ def options_from(cfg: DictConfig, options_cls):
 @exit_on_input_error
 def main(argv: list[str] | None = None) -> None:
     setup_logging()
-    predict(compose("predict", sys.argv[1:] if argv is None else argv))
+    cfg = compose("predict", sys.argv[1:] if argv is None else argv)
+    try:
+        with graceful_sigterm(RESUME_HINT):
+            predict(cfg)
+    except KeyboardInterrupt:
+        print(f"interrupted: {RESUME_HINT}", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -11,12 +11,14 @@ Bad samples are skipped and listed in report.csv next to the cache.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -31,11 +33,14 @@ from hpa.data.arraycache import BAD, DONE, TODO, ArrayCache, CacheError, Diff, w
 from hpa.data.cache import cache_dir, image_manifest, scan_sources
 from hpa.data.images import CHANNELS, channel_path, read_channel, read_sample
 from hpa.errors import InputError, exit_on_input_error
+from hpa.fsio import atomic_path, disk_full_as_error
+from hpa.signals import die_with_parent, graceful_sigterm
 
 log = logging.getLogger(__name__)
 
 FLUSH_S = 0.1  # finished rows are marked at most this often: each marking costs one fdatasync
 REPORT_FIELDS = ("ID", "file", "reason")
+RESUME_HINT = "finished samples are kept; run the same command to go on"
 
 
 @dataclass
@@ -85,22 +90,22 @@ def prepare_cache(
         raise InputError(
             f"no images named {{ID}}_{{{','.join(CHANNELS)}}}.png (or .tif, .jpg) in {source}"
         )
-    cache = _open_or_create(
-        cache_dir(root, image_dir, size, cache_root=cache_root),
-        image_manifest(image_dir, size),
-        source,
-    )
-    diff = cache.sync(sources)
-    known_bad = read_report(cache.report_path)
-    # A bad row whose reason was lost (report deleted) is simply tried again.
-    retry = [r for r in cache.live_rows(BAD) if cache.keys[r] not in known_bad]
-    bad = {cache.keys[r]: known_bad[cache.keys[r]] for r in cache.live_rows(BAD) if r not in retry}
-    todo = cache.live_rows(TODO) + retry
-    _check_space(cache, len(todo))
-    new_bad = _run(cache, source, size, todo, workers or os.cpu_count() or 1)
-    bad.update(new_bad)
-    if bad != known_bad or not cache.report_path.exists():  # a no-op run touches nothing
-        write_report(cache.report_path, bad)
+    folder = cache_dir(root, image_dir, size, cache_root=cache_root)
+    with _writing(folder):
+        cache = _open_or_create(folder, image_manifest(image_dir, size), source)
+        diff = cache.sync(sources)
+        known_bad = read_report(cache.report_path)
+        # A bad row whose reason was lost (report deleted) is simply tried again.
+        retry = [r for r in cache.live_rows(BAD) if cache.keys[r] not in known_bad]
+        bad = {
+            cache.keys[r]: known_bad[cache.keys[r]] for r in cache.live_rows(BAD) if r not in retry
+        }
+        todo = cache.live_rows(TODO) + retry
+        _check_space(cache, len(todo))
+        new_bad = _run(cache, source, size, todo, workers or os.cpu_count() or 1)
+        bad.update(new_bad)
+        if bad != known_bad or not cache.report_path.exists():  # a no-op run touches nothing
+            write_report(cache.report_path, bad)
     cached = len(cache.live_rows(DONE))
     result = PrepareResult(
         folder=cache.folder,
@@ -132,12 +137,19 @@ def _open_or_create(folder: Path, expect: dict, source: Path) -> ArrayCache:
         "hpa_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    return ArrayCache.create(folder, {**expect, **made})
+
+
+@contextlib.contextmanager
+def _writing(folder: Path) -> Iterator[None]:
+    """A cache that cannot be written (read-only, a file in the way, a full disk): one line."""
     try:
-        return ArrayCache.create(folder, {**expect, **made})
+        with disk_full_as_error(folder):
+            yield
     except OSError as err:
         raise InputError(
-            f"cannot write the cache into {folder} ({err.strerror}); set data.cache_dir to a "
-            "writable folder (e.g. data.cache_dir=/kaggle/working/cache)"
+            f"cannot write the cache into {folder} ({err.strerror or err}); set data.cache_dir "
+            "to a writable folder (e.g. data.cache_dir=/kaggle/working/cache)"
         ) from None
 
 
@@ -162,7 +174,9 @@ def _run(cache: ArrayCache, source: Path, size: int, rows: list[int], workers: i
             cache.mark(done, value)
             done.clear()
 
-    pool = ProcessPoolExecutor(min(workers, len(rows)))
+    pool = ProcessPoolExecutor(
+        min(workers, len(rows)), initializer=die_with_parent, initargs=(os.getpid(),)
+    )
     try:
         futures = [
             pool.submit(_prepare_one, source, cache.keys[r], size, cache.data_path, r) for r in rows
@@ -178,8 +192,6 @@ def _run(cache: ArrayCache, source: Path, size: int, rows: list[int], workers: i
             if time.monotonic() - last >= FLUSH_S:
                 flush()
                 last = time.monotonic()
-    except OSError as err:
-        raise InputError(f"cannot write the cache in {cache.folder}: {err}") from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         flush()  # rows finished before an interrupt are kept
@@ -218,12 +230,10 @@ def read_report(path: Path) -> dict[str, dict[str, str]]:
 
 
 def write_report(path: Path, bad: dict[str, dict[str, str]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=REPORT_FIELDS)
         writer.writeheader()
         writer.writerows(bad[k] for k in sorted(bad))
-    tmp.replace(path)
 
 
 @exit_on_input_error
@@ -232,17 +242,16 @@ def main(argv: list[str] | None = None) -> None:
     cfg = compose("prepare", sys.argv[1:] if argv is None else argv)
     data = cfg.data
     try:
-        result = prepare_cache(
-            data.root,
-            data.image_dir,
-            data.image_size,
-            cfg.prepare.workers,
-            cache_root=data.get("cache_dir"),
-        )
+        with graceful_sigterm(RESUME_HINT):
+            result = prepare_cache(
+                data.root,
+                data.image_dir,
+                data.image_size,
+                cfg.prepare.workers,
+                cache_root=data.get("cache_dir"),
+            )
     except KeyboardInterrupt:
-        print(
-            "interrupted: finished samples are kept; run the same command to go on", file=sys.stderr
-        )
+        print(f"interrupted: {RESUME_HINT}", file=sys.stderr)
         sys.exit(130)
     print(result.summary())
 

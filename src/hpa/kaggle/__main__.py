@@ -13,10 +13,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from hpa.errors import exit_on_input_error
+from hpa.errors import InputError, exit_on_input_error
+from hpa.fsio import DiskFullError, disk_full_message
 from hpa.kaggle.bundle import make_bundle, make_kernels, make_model_dataset
 from hpa.kaggle.metadata import PLACEHOLDER_USER, default_user, install_cell
 from hpa.kaggle.wheels import BundleError
+from hpa.signals import graceful_sigterm
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -53,11 +55,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 @exit_on_input_error
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    hint = f"nothing half-written is left in {args.out}; run the same command again"
+    try:
+        with graceful_sigterm(hint):
+            run(args)
+    except BundleError as err:  # the bundle cannot be made as asked: bad input, like the rest
+        if "No space left on device" in str(err):  # said by pip or the wheel build it ran
+            raise DiskFullError(disk_full_message(args.out.resolve().parent)) from None
+        raise InputError(str(err)) from None
+
+
+def run(args: argparse.Namespace) -> None:
     if args.command == "bundle":
-        try:
-            wheels = make_bundle(args.out, args.user, args.slug, args.title)
-        except BundleError as err:
-            sys.exit(f"error: {err}")
+        wheels = make_bundle(args.out, args.user, args.slug, args.title)
         print(f"\nwrote {len(wheels)} wheels and dataset-metadata.json to {args.out}")
         print(f"upload:  kaggle datasets create -p {args.out}")
         print(f"update:  kaggle datasets version -p {args.out} -m 'new hpa'")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from hpa.cli import compose
+from hpa.cli import check_writable, compose
 from hpa.errors import exit_on_input_error
+from hpa.signals import graceful_sigterm
 from hpa.synthetic.generator import SyntheticConfig, generate_dataset
 
 
@@ -13,7 +14,9 @@ from hpa.synthetic.generator import SyntheticConfig, generate_dataset
 def main(argv: list[str] | None = None) -> None:
     cfg = compose("synthetic", sys.argv[1:] if argv is None else argv)
     options = {k: v for k, v in cfg.items() if k != "out" and v is not None}
-    out = generate_dataset(SyntheticConfig(**options), cfg.out)
+    check_writable(cfg.out, "out")
+    with graceful_sigterm("the files written so far are whole; run the same command again"):
+        out = generate_dataset(SyntheticConfig(**options), cfg.out)
     print(
         f"wrote {cfg.n_images} samples to {out} (train.csv, masks/, cells.csv, sample_submission.csv)"
     )

@@ -17,6 +17,7 @@ from hpa.data.images import CHANNELS, write_channel
 from hpa.errors import InputError
 from hpa.fsio import atomic_dir, atomic_path, write_text
 from hpa.labels import NEGATIVE, NUM_CLASSES, format_labels
+from hpa.signals import die_with_parent
 from hpa.synthetic.cells import layout_cells, smooth_noise
 from hpa.synthetic.patterns import PATTERNS, Context, er_network, microtubule_network
 
@@ -222,10 +223,15 @@ def generate_dataset(cfg: SyntheticConfig, out: str | Path, progress: bool = Tru
     bar = tqdm(total=cfg.n_images, desc=f"synthetic {out.name}", unit="img", disable=not progress)
     results = []
     if cfg.workers > 1 and cfg.n_images > 4:
-        with ProcessPoolExecutor(max_workers=cfg.workers) as pool:
+        pool = ProcessPoolExecutor(
+            max_workers=cfg.workers, initializer=die_with_parent, initargs=(os.getpid(),)
+        )
+        try:
             for r in pool.map(_write_sample, jobs, chunksize=4):
                 results.append(r)
                 bar.update()
+        finally:  # stopped (SIGTERM, an error): drop the queued samples, finish those in flight
+            pool.shutdown(wait=True, cancel_futures=True)
     else:
         for job in jobs:
             results.append(_write_sample(job))
