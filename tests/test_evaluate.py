@@ -220,3 +220,35 @@ def test_cli_bad_input_exits_2_without_traceback(truth_dir, tmp_path):
     )
     assert run.returncode == 2
     assert "none.csv does not exist" in run.stderr and "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize("side", [32, 100])
+def test_mask_encoded_at_another_size_is_an_input_error(truth_dir, tmp_path, side):
+    """The mask text stores run lengths only: one made for a 32x32 (or 100x100) image decoded as
+    the row's 64x64 was garbage (or a pycocotools traceback). Now it names the row and sizes."""
+    submission = submission_from_truth(truth_dir, tmp_path / "masksize.csv")
+    frame = pd.read_csv(submission, dtype={"ID": str})
+    small = np.zeros((side, side), bool)
+    small[4:12, 4:12] = True
+    frame.loc[0, "PredictionString"] = f"0 0.9 {encode_binary_mask(small)}"
+    frame.to_csv(submission, index=False)
+    sample_id = frame.loc[0, "ID"]
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hpa.evaluate",
+            f"submission={submission}",
+            f"truth_dir={truth_dir}",
+            "progress=false",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"},
+    )
+    assert run.returncode == 2, run.stderr
+    assert "Traceback" not in run.stderr
+    (line,) = run.stderr.strip().splitlines()
+    assert line.startswith("error: ") and sample_id in line
+    assert f"{side}x{side}" in line and "64x64" in line
+    assert not (tmp_path / "metrics.json").exists()

@@ -307,3 +307,28 @@ def test_model_dataset_copies_an_exported_model(tmp_path):
 
 def test_project_root_is_this_checkout():
     assert project_root() == ROOT
+
+
+@pytest.mark.parametrize("command", [["bundle"], ["kernels"]])
+def test_out_that_is_a_file_exits_2_naming_it(tmp_path, capsys, command):
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine")
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--out", str(taken), "--user", "me"])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: ") and str(taken) in line and "is a file" in line
+    assert taken.read_text() == "mine"
+
+
+def test_bundle_that_cannot_be_made_exits_2_like_other_bad_input(tmp_path, capsys, monkeypatch):
+    import hpa.kaggle.__main__ as cli
+
+    def conflict(*args, **kwargs):
+        raise BundleError("hpa needs numpy>=3, but Kaggle's image has numpy 2.0.2")
+
+    monkeypatch.setattr(cli, "make_bundle", conflict)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bundle", "--out", str(tmp_path / "b")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith("error: hpa needs numpy>=3")

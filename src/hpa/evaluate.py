@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from hpa.cli import compose
+from hpa.cli import check_writable, compose
 from hpa.errors import InputError, exit_on_input_error
+from hpa.fsio import write_json
+from hpa.signals import graceful_sigterm
 from hpa.submission.metric import MeanAveragePrecision
 from hpa.submission.predictions import decode_masks, parse_prediction_string, read_submission
 from hpa.submission.truth import TruthSet
@@ -60,13 +61,6 @@ def evaluate(
     return result
 
 
-def write_json(data: dict[str, Any], path: Path) -> None:
-    """Atomic write: a kill never leaves half a metrics.json."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
-
-
 def report(result: dict[str, Any]) -> str:
     lines = [
         f"{name:42s} {'-' if ap is None else f'{ap:.4f}'}"
@@ -87,9 +81,13 @@ def main(argv: list[str] | None = None) -> None:
             raise InputError(
                 f"{key} is not set; run `python -m hpa.evaluate submission=FILE truth_dir=DIR`"
             )
-    result = evaluate(cfg.submission, cfg.truth_dir, float(cfg.iou_threshold), bool(cfg.progress))
     out = Path(cfg.metrics) if cfg.metrics else Path(cfg.submission).with_name("metrics.json")
-    write_json(result, out)
+    check_writable(out, "metrics")
+    with graceful_sigterm(f"{out} is unchanged; run the same command again"):
+        result = evaluate(
+            cfg.submission, cfg.truth_dir, float(cfg.iou_threshold), bool(cfg.progress)
+        )
+        write_json(out, result)  # atomic: never half a metrics.json
     print(report(result))
     print(f"wrote {out}")
 

@@ -113,7 +113,8 @@ def write_text(path: str | Path, text: str) -> Path:
 
 
 def write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Path:
-    return write_text(path, json.dumps(obj, indent=indent))
+    """JSON with a final newline (as Kaggle's CLI and most tools write it)."""
+    return write_text(path, json.dumps(obj, indent=indent) + "\n")
 
 
 @contextlib.contextmanager

@@ -16,19 +16,14 @@ from typing import Any
 
 import numpy as np
 
+from hpa.fsio import write_json
+
 TODO, DONE, BAD = 0, 1, 2
 _fdatasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
 
 
 class CacheError(Exception):
     """A cache that must not be read: missing, made differently, or damaged. The text says why."""
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Atomic: readers see the old file or the new one, never a mix."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1))
-    tmp.replace(path)
 
 
 @dataclass
@@ -99,8 +94,8 @@ class ArrayCache:
         (folder / "manifest.json").unlink(missing_ok=True)  # first out, last in: marks complete
         for name in ("data.u8", "state.u8"):
             (folder / name).write_bytes(b"")
-        write_json(folder / "index.json", {"keys": [], "signatures": []})
-        write_json(folder / "manifest.json", manifest)
+        write_json(folder / "index.json", {"keys": [], "signatures": []}, indent=1)
+        write_json(folder / "manifest.json", manifest, indent=1)
         return cls(folder, manifest, [], [])
 
     def live_rows(self, value: int) -> list[int]:
@@ -131,7 +126,7 @@ class ArrayCache:
             f.write(bytes(end - start))
         keys = [None if k in diff.removed else k for k in self.keys] + diff.new
         signatures = [sources.get(k, "") if k else "" for k in keys]
-        write_json(self.index_path, {"keys": keys, "signatures": signatures})
+        write_json(self.index_path, {"keys": keys, "signatures": signatures}, indent=1)
         self._load_index(keys, signatures)
         return diff
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hpa.data.arraycache import DONE, TODO, ArrayCache, CacheError, write_json  # noqa: F401
+from hpa.data.arraycache import DONE, TODO, ArrayCache, CacheError  # noqa: F401
 from hpa.data.images import CHANNELS, EXTENSIONS
 
 if TYPE_CHECKING:  # the protocol only; importing dataset would pull torch into prepare's workers

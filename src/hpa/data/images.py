@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 
 from hpa.errors import InputError
+from hpa.fsio import write_bytes
 
 # Channel order everywhere in hpa: red (microtubules), green (protein), blue (nucleus), yellow (ER).
 CHANNELS: tuple[str, ...] = ("red", "green", "blue", "yellow")
@@ -88,9 +89,13 @@ def resize(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def write_channel(path: str | Path, plane: np.ndarray) -> None:
-    """Write one channel atomically (tmp file + rename) so a kill never leaves half a PNG."""
+    """Write one channel atomically (hpa.fsio) so a kill never leaves half a PNG.
+
+    Encoded in memory first: a full disk then shows as an out-of-space error naming the folder,
+    where cv2.imwrite would only return False.
+    """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
-    if not cv2.imwrite(str(tmp), plane):
-        raise OSError(f"could not write {path}")
-    tmp.replace(path)
+    ok, buf = cv2.imencode(path.suffix, plane)
+    if not ok:
+        raise OSError(f"could not encode a {plane.shape} {plane.dtype} image as {path.name}")
+    write_bytes(path, buf.tobytes())

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -17,7 +15,8 @@ from tqdm import tqdm
 from hpa.data.images import CHANNELS, channel_path
 from hpa.errors import InputError
 from hpa.external.labels import LabelMapper, translate_2018
-from hpa.external.store import StoreOptions, decode_resized, has_format, part_path, write_atomic
+from hpa.external.store import StoreOptions, decode_resized, has_format, link_into_place
+from hpa.fsio import write_bytes
 
 
 @dataclass
@@ -49,13 +48,7 @@ def read_2018_table(csv: Path) -> pd.DataFrame:
 
 def take_over(src: Path, dest: Path) -> None:
     """Hard link (no extra disk), or copy across file systems; atomic either way."""
-    tmp = part_path(dest)
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dest)
+    link_into_place(src, dest)
 
 
 def convert_sample(
@@ -78,7 +71,7 @@ def convert_sample(
                 linked += 1
             else:
                 plane, _ = decode_resized(src, store)
-                write_atomic(dest, store.encode(plane))
+                write_bytes(dest, store.encode(plane))
                 converted += 1
     except InputError:
         for dest in dests:
@@ -145,7 +138,7 @@ def convert_2018(
             report.converted += converted
             kept.append((sid, label))
     report.kept = len(kept)
-    write_atomic(
+    write_bytes(
         out / "train.csv", pd.DataFrame(kept, columns=["ID", "Label"]).to_csv(index=False).encode()
     )
     return report

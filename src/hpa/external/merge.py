@@ -26,7 +26,8 @@ from tqdm import tqdm
 from hpa.data.images import CHANNELS, EXTENSIONS, channel_path
 from hpa.data.records import read_records
 from hpa.errors import InputError
-from hpa.external.store import part_path, write_atomic
+from hpa.external.store import is_stale_temp
+from hpa.fsio import atomic_path, write_bytes
 
 log = logging.getLogger(__name__)
 SOURCE_KEYS = ("name", "root", "csv", "image_dir")
@@ -98,7 +99,7 @@ def prune(folder: Path, keep: set[str]) -> int:
     removed = 0
     for path in folder.iterdir():
         match = _CHANNEL_FILE.match(path.name)
-        if (match and match["id"] not in keep) or path.name.endswith(".part"):
+        if (match and match["id"] not in keep) or is_stale_temp(path.name):
             path.unlink(missing_ok=True)
             removed += bool(match)
     return removed
@@ -155,7 +156,7 @@ class Hashes:
             )
 
     def save(self) -> None:
-        write_atomic(self.cache, json.dumps(self.known).encode())
+        write_bytes(self.cache, json.dumps(self.known).encode())
 
 
 class PerceptualHashes(Hashes):
@@ -313,18 +314,16 @@ def place(src: Path, dest: Path, link: str) -> None:
         twin = dest.with_suffix(ext)
         if twin != dest:
             twin.unlink(missing_ok=True)
-    tmp = part_path(dest)
-    tmp.unlink(missing_ok=True)
-    if link == "copy":
-        shutil.copyfile(src, tmp)
-    elif link == "hardlink":
-        try:
-            os.link(src, tmp)
-        except OSError:  # another file system, or links not allowed there
+    with atomic_path(dest) as tmp:
+        if link == "copy":
+            shutil.copyfile(src, tmp)
+        elif link == "hardlink":
+            try:
+                os.link(src, tmp)
+            except OSError:  # another file system, or links not allowed there
+                os.symlink(src.resolve(), tmp)
+        else:
             os.symlink(src.resolve(), tmp)
-    else:
-        os.symlink(src.resolve(), tmp)
-    os.replace(tmp, dest)
 
 
 def merge_sources(
@@ -375,7 +374,7 @@ def merge_sources(
     report.pruned = prune(out / image_dir, set(frame["ID"]))
     report.kept.update(frame["source"].tolist())
     table = frame.drop(columns="files").to_csv(index=False).encode()
-    write_atomic(out / train_csv, table)
+    write_bytes(out / train_csv, table)
     return report
 
 
@@ -404,5 +403,5 @@ def ensure_merged(
     report = merge_sources(
         checked, root, train_csv=train_csv, image_dir=image_dir, progress=progress, **options
     )
-    write_atomic(manifest, json.dumps(wanted, indent=1).encode())
+    write_bytes(manifest, json.dumps(wanted, indent=1).encode())
     return report

@@ -12,7 +12,8 @@ from hpa.data.images import CHANNELS
 from hpa.errors import InputError
 from hpa.external.download import FetchOptions, FileJob, RunReport, download_files
 from hpa.external.listing import Listing, read_listing
-from hpa.external.store import StoreOptions, write_atomic
+from hpa.external.store import StoreOptions, is_stale_temp
+from hpa.fsio import write_bytes
 
 MANIFEST = "external.json"
 
@@ -37,13 +38,14 @@ def check_manifest(out: Path, store: StoreOptions) -> None:
                 "rerun with those settings or choose a new out=DIR"
             )
     else:
-        write_atomic(path, json.dumps(wanted).encode())
+        write_bytes(path, json.dumps(wanted).encode())
 
 
 def remove_stale_parts(image_dir: Path) -> None:
     """Leftovers of a killed run: never under a final name, safe to delete."""
-    for part in image_dir.glob("*.part"):
-        part.unlink(missing_ok=True)
+    for part in image_dir.iterdir():
+        if is_stale_temp(part.name) and not part.is_dir():
+            part.unlink(missing_ok=True)
 
 
 def plan_jobs(
@@ -81,7 +83,7 @@ def write_tables(
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
-    write_atomic(path, frame.to_csv(index=False).encode())
+    write_bytes(path, frame.to_csv(index=False).encode())
 
 
 def download_public(

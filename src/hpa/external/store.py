@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,8 +13,17 @@ import numpy as np
 
 from hpa.data.images import read_channel, resize
 from hpa.errors import InputError
+from hpa.fsio import atomic_path, write_bytes
 
 FORMATS = ("png", "jpg")
+# What hpa.fsio writes before its rename (`.<stem>.tmp-<pid><suffix>`, or a folder without the
+# suffix): a leftover of a killed run, never a user's file.
+_STALE_TEMP = re.compile(r"^\..+\.tmp-\d+(\.[^.]+)?$")
+
+
+def is_stale_temp(name: str) -> bool:
+    """Whether `name` is a partial file a killed run left (hpa.fsio's temp name, or `*.part`)."""
+    return name.endswith(".part") or bool(_STALE_TEMP.match(name))
 
 
 @dataclass(frozen=True)
@@ -45,17 +56,6 @@ class StoreOptions:
         return buf.tobytes()
 
 
-def part_path(path: Path) -> Path:
-    """Where a file is written before its rename: never under the final name."""
-    return path.with_name(path.name + ".part")
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = part_path(path)
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def decode_resized(src: Path, opts: StoreOptions) -> tuple[np.ndarray, bool]:
     """One grayscale plane at the wanted size (InputError when `src` is no image); True if resized."""
     plane = read_channel(src)
@@ -74,9 +74,20 @@ def convert_channel(
     """
     plane, resized = decode_resized(src, opts)
     if move_unchanged and not resized and has_format(src, opts.format):
-        os.replace(src, dest)
+        link_into_place(src, dest)
+        src.unlink()
         return
-    write_atomic(dest, opts.encode(plane))
+    write_bytes(dest, opts.encode(plane))
+
+
+def link_into_place(src: Path, dest: Path) -> None:
+    """`dest` becomes a hard link to `src` (no extra disk), or a copy across file systems;
+    atomically (hpa.fsio): a kill leaves the old `dest` or the new one."""
+    with atomic_path(dest) as tmp:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
 
 
 def has_format(path: Path, fmt: str) -> bool:

@@ -9,8 +9,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from hpa.errors import InputError
+from hpa.fsio import atomic_dir, write_json
 from hpa.kaggle.image import kaggle_image
-from hpa.kaggle.metadata import KERNELS, dataset_metadata, kernel_metadata, kernel_slug, write_json
+from hpa.kaggle.metadata import KERNELS, dataset_metadata, kernel_metadata, kernel_slug
 from hpa.kaggle.wheels import (
     Fetcher,
     PipFetcher,
@@ -26,10 +27,25 @@ KERNEL_METADATA = "kernel-metadata.json"
 OURS = ("*.whl", "*.ipynb", "*.json", "*.safetensors")
 
 
+def check_out(out: Path) -> Path:
+    """`out` resolved, if it can be a folder this module writes; else InputError naming it."""
+    out = out.resolve()
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file, not a folder; pass a new or empty --out folder")
+    existing = out if out.exists() else out.parent
+    while not existing.exists():
+        existing = existing.parent
+    if existing.is_file():
+        raise InputError(f"--out {out}: {existing} is a file, not a folder; pass another --out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"--out {out}: {existing} is not writable; pass a writable --out folder")
+    return out
+
+
 @contextmanager
 def replacing(out: Path) -> Iterator[Path]:
     """Yield a temp folder that replaces `out` whole on success, so no stale wheel survives."""
-    out = out.resolve()
+    out = check_out(out)
     if out.exists():
         theirs = [p.name for p in out.iterdir() if not any(p.match(g) for g in OURS) or p.is_dir()]
         if theirs:
@@ -37,17 +53,8 @@ def replacing(out: Path) -> Iterator[Path]:
                 f"{out} holds files this command did not write ({', '.join(sorted(theirs)[:3])}); "
                 "pass a new or empty --out folder"
             )
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_dir(out) as tmp:
         yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
 
 
 def make_bundle(
@@ -80,6 +87,7 @@ def make_kernels(out: Path, user: str, bundle_slug: str, model_slugs: list[str])
     bundle = f"{user}/{bundle_slug}"
     models = [f"{user}/{s}" if "/" not in s else s for s in model_slugs]
     written = []
+    out = check_out(out)
     out.mkdir(parents=True, exist_ok=True)
     for kernel in KERNELS:
         with replacing(out / kernel_slug(kernel)) as tmp:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from hpa.errors import InputError
@@ -28,13 +26,6 @@ def check_slug(slug: str, what: str) -> str:
             f"{what} {slug!r} is not a Kaggle slug: use 3-50 lowercase letters, digits and hyphens"
         )
     return slug
-
-
-def write_json(path: Path, data: dict[str, Any]) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
-    return path
 
 
 def dataset_metadata(user: str, slug: str, title: str) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import zlib
 
 import numpy as np
@@ -21,11 +22,48 @@ def encode_binary_mask(mask: np.ndarray) -> str:
     return base64.b64encode(zlib.compress(counts, zlib.Z_BEST_COMPRESSION)).decode("ascii")
 
 
+def rle_counts(counts: bytes) -> list[int]:
+    """The run lengths of COCO's compressed RLE string (pycocotools' rleFrString, in Python)."""
+    runs: list[int] = []
+    p = 0
+    while p < len(counts):
+        x = k = 0
+        more = True
+        while more:
+            if p >= len(counts):
+                raise ValueError("the last run length is cut off")
+            c = counts[p] - 48
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(runs) > 2:
+            x += runs[-2]
+        runs.append(x)
+    return runs
+
+
 def decode_binary_mask(text: str, height: int, width: int) -> np.ndarray:
-    """The inverse of `encode_binary_mask`: mask text -> H x W bool."""
+    """The inverse of `encode_binary_mask`: mask text -> H x W bool.
+
+    The text does not store the mask's size, only run lengths; they must add up to exactly
+    H x W pixels. A mask encoded at another size is an error (pycocotools would decode it into
+    garbage, or fail), named with both sizes.
+    """
     try:
         counts = zlib.decompress(base64.b64decode(text, validate=True))
+        runs = rle_counts(counts)
     except (binascii.Error, zlib.error, ValueError) as err:
         raise InputError(f"mask {text[:24]!r}... is not base64(zlib(RLE)): {err}") from None
+    pixels, want = sum(runs), int(height) * int(width)
+    if pixels != want or min(runs, default=0) < 0:
+        side = math.isqrt(pixels) if pixels > 0 else 0
+        guess = f", e.g. a {side}x{side} mask" if side * side == pixels and pixels else ""
+        raise InputError(
+            f"mask {text[:24]!r}... covers {pixels} pixels{guess}, but the row's image is "
+            f"{int(height)}x{int(width)} ({want} pixels); encode masks at the full image size"
+        )
     rle = {"size": [int(height), int(width)], "counts": counts}
     return coco_mask.decode(rle).astype(bool)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import json
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from hpa.errors import InputError
+from hpa.fsio import disk_full_as_error, write_text
 
 COLUMNS = ["ID", "ImageWidth", "ImageHeight", "PredictionString"]
 
@@ -64,13 +68,16 @@ class SubmissionWriter:
         self.ids = list(ids)
         self.partial = self.path.with_name(f".{self.path.name}.partial")
         self.meta = self.path.with_name(f".{self.path.name}.partial.json")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_dir():
+            raise InputError(f"submission={self.path} is a folder; pass the CSV file to write")
         stamp = json.dumps(fingerprint, sort_keys=True, default=str)
-        self.done = self._resumable_rows(stamp) if resume else 0
-        if self.done == 0:
-            self.meta.write_text(stamp)
-            with open(self.partial, "w", newline="") as f:
-                csv.writer(f, lineterminator="\n").writerow(COLUMNS)
+        with self._writing():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.done = self._resumable_rows(stamp) if resume else 0
+            if self.done == 0:
+                write_text(self.meta, stamp)
+                with open(self.partial, "w", newline="") as f:
+                    csv.writer(f, lineterminator="\n").writerow(COLUMNS)
 
     def _resumable_rows(self, stamp: str) -> int:
         """Complete rows of a previous identical run, in sample-submission order (0 if none)."""
@@ -90,11 +97,34 @@ class SubmissionWriter:
 
     def write(self, sample_id: str, width: int, height: int, prediction: str) -> None:
         # Opened per row: each row is on disk before the next image starts, ready for a resume.
-        with open(self.partial, "a", newline="") as f:
+        with self._writing(), open(self.partial, "a", newline="") as f:
             csv.writer(f, lineterminator="\n").writerow([sample_id, width, height, prediction])
 
     def commit(self) -> Path:
-        """Move the finished file into place; the partial files go."""
-        self.partial.replace(self.path)
+        """Move the finished file into place (flushed first); the partial files go."""
+        with self._writing():
+            fd = os.open(self.partial, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self.partial.replace(self.path)
         self.meta.unlink(missing_ok=True)
         return self.path
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A full disk or a read-only folder: one line naming it (the rows so far are kept)."""
+        try:
+            with disk_full_as_error(self.path.parent):
+                yield
+        except OSError as err:
+            if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise self._unwritable(err) from None
+            raise
+
+    def _unwritable(self, err: OSError) -> InputError:
+        return InputError(
+            f"cannot write the submission in {self.path.parent} ({err.strerror}); "
+            "pass submission= a path in a writable folder"
+        )
