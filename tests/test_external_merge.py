@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 
 from hpa.cli import compose
-from hpa.data.datamodule import HPADataModule
 from hpa.data.folds import grouped_stratified_folds
 from hpa.data.images import CHANNELS, read_sample
 from hpa.external.__main__ import main
+from hpa.pipeline import build_datamodule
 from hpa.synthetic import SyntheticConfig, generate_dataset
 
 SIZE = 64
@@ -168,9 +168,8 @@ def test_merged_config_feeds_the_datamodule(sources):
         "train",
         ["data=merged", f"paths.data_dir={sources}", f"data.image_size={SIZE}", "data.n_folds=3"],
     )
-    data = {k: v for k, v in compose_data(cfg).items() if k != "synthetic"}
-    module = HPADataModule(**data)
-    module.setup()  # builds the merged root on first use
+    module = build_datamodule(compose_data(cfg))  # builds the merged root on first use
+    module.setup()
     records = module.records
     assert len(records) == 17 and (sources / "merged" / "merge.json").exists()
     public = records[records["source"] == "hpa_public"]

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +24,12 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from hpa.data.arraycache import write_json
 from hpa.data.cache import cache_dir, scan_sources
 from hpa.data.cells import crop_cells, read_instance_mask
 from hpa.data.images import read_sample
 from hpa.errors import InputError
+from hpa.fsio import atomic_path, write_json
+from hpa.signals import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class _Job:
     image_dir: Path
     sample_id: str
     mask_path: Path | None  # None: segment the image
-    segmenter: str
+    segmenter: Callable[[], Any] | None  # makes a segmenter (picklable: it runs in workers)
     size: int
     margin: float
     out: Path
@@ -65,14 +66,10 @@ def _crop_sample(job: _Job) -> int:
     if job.mask_path is not None:
         labels = read_instance_mask(job.mask_path, image.shape[:2])
     else:
-        from hpa.segment.factory import build_segmenter  # only needed without masks
-
-        labels = build_segmenter(job.segmenter).segment(image).cells
+        labels = job.segmenter().segment(image).cells
     crops, _ = crop_cells(image, labels.astype(np.int32, copy=False), job.size, job.margin)
-    tmp = job.out.with_name(f".{job.out.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:  # a file object: np.save would append .npy to a path
-        np.save(f, crops)
-    tmp.replace(job.out)
+    with atomic_path(job.out) as tmp, open(tmp, "wb") as f:
+        np.save(f, crops)  # to a file object: np.save would append .npy to a path
     return len(crops)
 
 
@@ -84,7 +81,8 @@ def build_cell_cache(
     image_dir: str = "train",
     masks: str = "auto",
     mask_dir: str = "masks",
-    segmenter: str = "watershed",
+    segmenter: Callable[[], Any] | None = None,
+    segmenter_key: str = "",
     workers: int = 0,
     progress: bool = True,
     cache_root: str | Path | None = None,
@@ -93,6 +91,9 @@ def build_cell_cache(
 
     Masks come from `root/mask_dir/{ID}.png` (`masks=masks`), from `segmenter`
     (`masks=segmenter`), or from that folder when it exists, else the segmenter (`masks=auto`).
+    `segmenter` is a picklable callable returning a configured segmenter (the entry point composes
+    it from the `segmenter` config group); `segmenter_key` names its settings in the manifest, so
+    crops cut with other settings are not reused.
     """
     root = Path(root)
     if masks not in MASK_SOURCES:
@@ -102,13 +103,18 @@ def build_cell_cache(
             f"data.cell_masks=masks but {root / mask_dir} does not exist; use cell_masks=auto"
         )
     use_masks = masks == "masks" or (masks == "auto" and (root / mask_dir).is_dir())
+    if not use_masks and segmenter is None:
+        raise InputError(
+            f"no cell masks in {root / mask_dir} and no segmenter configured; add the masks or "
+            "train through `python -m hpa.train data=cells` (segmenter=watershed by default)"
+        )
     manifest = {
         "format": "hpa-cells",
         "version": CACHE_VERSION,
         "image_dir": image_dir,
         "size": int(size),
         "margin": float(margin),
-        "mask_source": f"{mask_dir}/" if use_masks else f"segmenter:{segmenter}",
+        "mask_source": f"{mask_dir}/" if use_masks else f"segmenter:{segmenter_key}",
     }
     folder = _open_folder(
         cache_dir(root, image_dir, size, kind="cells", cache_root=cache_root), manifest
@@ -159,7 +165,8 @@ def _crop_all(
         total=len(jobs), desc=f"cell crops {manifest['size']}px", unit="img", disable=not progress
     )
     if workers > 1 and len(jobs) > 4:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        pool = ProcessPoolExecutor(workers, initializer=die_with_parent, initargs=(os.getpid(),))
+        with pool:
             for _ in pool.map(_crop_sample, jobs, chunksize=4):
                 bar.update()
     else:
@@ -199,5 +206,5 @@ def _open_folder(folder: Path, manifest: dict[str, Any]) -> Path:
         log.info("cell crops: %s was made with other settings (%s); rebuilding it", folder, old)
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    write_json(path, manifest)
+    write_json(path, manifest, indent=1)
     return folder

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,29 +38,15 @@ def open_source(
 
 
 def init_worker(worker_id: int) -> None:
-    """DataLoader workers leave SIGTERM to the main process, which stops them itself after saving
-    a checkpoint (a signal to the whole process group no longer kills them mid-batch, which made
-    the main process die with a worker traceback); they die with it if it is killed outright."""
-    import signal
-
+    """DataLoader workers leave SIGTERM to the main process, which saves a checkpoint and stops
+    them itself (a signal to the whole process group used to kill them mid-batch, and the main
+    process died with a worker traceback); they die with it if it is killed outright."""
     from lightning_fabric.utilities.seed import pl_worker_init_function
 
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _die_with_parent()
+    from hpa.signals import die_with_parent
+
+    die_with_parent()
     pl_worker_init_function(worker_id)  # what seed_everything(workers=True) would have set
-
-
-def _die_with_parent() -> None:
-    """Linux: SIGKILL this process when its parent dies (prctl PR_SET_PDEATHSIG)."""
-    import contextlib
-    import ctypes
-    import signal
-    import sys
-
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
 
 
 class HPADataModule(pl.LightningDataModule):
@@ -83,10 +69,10 @@ class HPADataModule(pl.LightningDataModule):
         cell_masks: str = "auto",
         cells_per_image: int | None = None,
         group_column: str | None = None,
-        sources: Sequence[Mapping[str, Any]] | None = None,
-        merge: Mapping[str, Any] | None = None,
         cache_dir: str | None = None,
         check_images: bool = True,
+        segmenter: Callable[[], Any] | None = None,
+        segmenter_key: str = "",
     ):
         super().__init__()
         self.root = Path(root)
@@ -99,13 +85,13 @@ class HPADataModule(pl.LightningDataModule):
         self.augment = augment or {}
         # Folds keep a group's rows together when the table has this column (data/merged.yaml).
         self.group_column = group_column
-        # Several data roots merged into `root` on first use (hpa.external.merge).
-        self.sources, self.merge = sources, merge or {}
         # level=cell: samples are cell crops of image_size px, each with its image's labels.
         if level not in ("image", "cell"):
             raise InputError(f"data.level={level!r}: use image or cell")
         self.level, self.cell_margin, self.cell_masks = level, cell_margin, cell_masks
         self.cells_per_image = cells_per_image
+        # level=cell without masks: makes the configured segmenter (hpa.pipeline composes it).
+        self.segmenter, self.segmenter_key = segmenter, segmenter_key
         if not 0 <= fold < n_folds:
             raise InputError(
                 f"data.fold={fold} is outside 0..{n_folds - 1} (data.n_folds={n_folds})"
@@ -133,7 +119,6 @@ class HPADataModule(pl.LightningDataModule):
         self._checked = True
 
     def prepare_data(self) -> None:
-        self._ensure_merged()
         if self.level == "cell":  # crop once, on one process per node
             ids = read_records(self.root / self.train_csv)["ID"].tolist()
             self._check_raw_images(ids)
@@ -149,24 +134,13 @@ class HPADataModule(pl.LightningDataModule):
             masks=self.cell_masks,
             workers=self.num_workers,
             cache_root=self.cache_dir,
+            segmenter=self.segmenter,
+            segmenter_key=self.segmenter_key,
         )
-
-    def _ensure_merged(self) -> None:
-        if self.sources:
-            from hpa.external.merge import ensure_merged
-
-            ensure_merged(
-                self.root,
-                self.sources,
-                self.merge,
-                train_csv=self.train_csv,
-                image_dir=self.image_dir,
-            )
 
     def setup(self, stage: str | None = None) -> None:
         if self.records is not None:
             return
-        self._ensure_merged()  # a quick check when the trainer's prepare_data already merged
         records = read_records(self.root / self.train_csv)
         y = targets(records)
         if self.group_column and self.group_column in records.columns:
