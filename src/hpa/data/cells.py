@@ -106,6 +106,14 @@ class CellDataset(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
+    def item_keys(self) -> dict[str, list]:
+        """What each item is, in order: its image's ID and its cell's position among the image's
+        cells (by ascending mask id), e.g. the key columns of out-of-fold files."""
+        return {
+            "ID": [self.ids[i] for i, _ in self.index],
+            "cell": [cell for _, cell in self.index],
+        }
+
     def __getitem__(self, item: int) -> tuple[torch.Tensor, torch.Tensor]:
         image_index, cell = self.index[item]
         crop = np.array(self.cache.load(self.ids[image_index])[cell])

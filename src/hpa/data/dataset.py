@@ -47,6 +47,10 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
+    def item_keys(self) -> dict[str, list]:
+        """What each item is, in order (the key columns of out-of-fold files)."""
+        return {"ID": list(self.ids)}
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image = self.source.load(self.ids[index])
         if self.transform is not None:

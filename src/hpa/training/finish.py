@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 
 from hpa.fsio import atomic_path, write_json
 from hpa.models.export import export_model
@@ -17,14 +18,43 @@ from hpa.training.module import HPAModule
 log = logging.getLogger(__name__)
 
 
+class ValidationPredictions(pl.Callback):
+    """Keeps the probabilities and targets of the latest validation epoch, in loader order.
+
+    `validation_step` returns its batch's probabilities; this collects them, so that the end of
+    a run can write out-of-fold predictions and plots from the final validation of the best
+    checkpoint without flags on the module.
+    """
+
+    def __init__(self) -> None:
+        self.probs: list[torch.Tensor] = []
+        self.targets: list[torch.Tensor] = []
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self.probs, self.targets = [], []
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, *_) -> None:
+        if outputs is not None:
+            self.probs.append(outputs["probs"].detach().cpu())
+            self.targets.append(batch[1].detach().cpu())
+
+    def collected(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if not self.probs:
+            return None
+        return torch.cat(self.probs), torch.cat(self.targets)
+
+
 def finish_run(
-    trainer: pl.Trainer, module: HPAModule, datamodule: pl.LightningDataModule, out: Path, cfg: Any
+    trainer: pl.Trainer,
+    module: HPAModule,
+    datamodule: Any,
+    out: Path,
+    predictions: ValidationPredictions,
 ) -> dict[str, Any]:
-    """Re-validate the best checkpoint, then (rank 0 only) write metrics.json and export model/."""
+    """Validate the best checkpoint, then (rank 0 only) write metrics.json, model/, plots and
+    oof.csv from those same weights (with callbacks=ema: the average that was validated)."""
     ckpt = trainer.checkpoint_callback
     best = ckpt.best_model_path if ckpt and ckpt.best_model_path else None
-    module.collect_predictions = True
-    module.predictions, module.prediction_targets = [], []
     results = trainer.validate(
         module,
         datamodule=datamodule,
@@ -32,11 +62,18 @@ def finish_run(
         verbose=False,
         **weights_only(trainer.validate),
     )[0]
-    module.collect_predictions = False
+    if best:
+        # Validation swapped the checkpoint's weights in (for EMA, its average) and back out
+        # again: export exactly the weights that were validated.
+        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+        module.load_state_dict(state)
+    collected = predictions.collected()
     in_order = trainer.world_size == 1
-    if not in_order and module.hparams.level == "image" and module.predictions:
-        in_order = gather_predictions(module, len(datamodule.val_set), trainer.world_size)
+    if collected and not in_order and module.hparams.level == "image":
+        collected = gather_predictions(module, *collected, len(datamodule.val_set))
+        in_order = collected is not None
     per_class = {name: results.get(f"val/AP/{name}", float("nan")) for name in module.class_names}
+    hparams = module.hparams
     metrics = {
         "val/mAP": results["val/mAP"],
         "val/AP_per_class": {k: (None if math.isnan(v) else v) for k, v in per_class.items()},
@@ -45,9 +82,9 @@ def finish_run(
         "epoch": int(_best_epoch(best, trainer)),
         "epochs_run": trainer.current_epoch,
         "best_checkpoint": best,
-        "backbone": cfg.model.backbone,
-        "image_size": int(cfg.data.image_size),
-        "fold": int(cfg.data.fold),
+        "backbone": hparams.model["backbone"],
+        "image_size": int(hparams.image_size),
+        "fold": int(datamodule.fold),
     }
     if trainer.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)
@@ -56,18 +93,20 @@ def finish_run(
             module.net,
             out / "model",
             {
-                "backbone": cfg.model.backbone,
+                "backbone": hparams.model["backbone"],
                 "num_classes": len(module.class_names),
-                "in_chans": int(cfg.model.in_chans),
-                "global_pool": cfg.model.get("global_pool"),
+                "in_chans": int(hparams.model.get("in_chans", 4)),
+                "global_pool": hparams.model.get("global_pool"),
                 "class_names": list(module.class_names),
-                "image_size": int(cfg.data.image_size),
-                "level": module.hparams.level,
-                "cell_margin": cfg.data.get("cell_margin"),  # level=cell: how its crops were cut
+                "image_size": int(hparams.image_size),
+                "level": hparams.level,
+                # level=cell: how its crops were cut
+                "cell_margin": datamodule.cell_margin if hparams.level == "cell" else None,
                 "metrics": {"val/mAP": metrics["val/mAP"], "epoch": metrics["epoch"]},
             },
         )
-        write_plots_and_oof(module, datamodule, metrics, out, in_order)
+        if collected:
+            write_plots_and_oof(module, datamodule, *collected, metrics, out, in_order)
         log.info(
             "val/mAP %.4f (epoch %d); wrote %s and %s",
             metrics["val/mAP"],
@@ -78,51 +117,50 @@ def finish_run(
     return metrics
 
 
-def gather_predictions(module: HPAModule, n: int, world_size: int) -> bool:
+def gather_predictions(
+    module: HPAModule, probs: torch.Tensor, targets: torch.Tensor, n: int
+) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Every rank's validation predictions, in dataset order, on every rank (a collective call).
 
     Lightning validates under a DistributedSampler without shuffling: rank r gets samples
     r, r + W, r + 2W, ... of the dataset padded to a multiple of W by repeating its start. So the
     gathered (W, L, C) tensors, transposed to (L, W, C) and flattened, are the padded dataset
-    order; the first n rows are the dataset. False (and nothing changed) if shapes disagree.
+    order; the first n rows are the dataset. None if this rank's count is not the expected one.
     """
-    import torch
-
-    probs = torch.cat(module.predictions)
-    targets = torch.cat(module.prediction_targets)
+    world_size = module.trainer.world_size
     per_rank = -(-n // world_size)
     if len(probs) != per_rank:
         log.warning(
             "oof: %d predictions on this rank, expected %d; no oof.csv", len(probs), per_rank
         )
-        return False
+        return None
 
     def in_dataset_order(local: torch.Tensor) -> torch.Tensor:
         gathered = module.all_gather(local.to(module.device))  # (W, L, C)
         return gathered.transpose(0, 1).reshape(-1, local.shape[1])[:n].cpu()
 
-    module.predictions = [in_dataset_order(probs)]
-    module.prediction_targets = [in_dataset_order(targets)]
-    return True
+    return in_dataset_order(probs), in_dataset_order(targets)
 
 
 def write_plots_and_oof(
-    module: HPAModule, datamodule: Any, metrics: dict, out: Path, in_order: bool
+    module: HPAModule,
+    datamodule: Any,
+    probs: torch.Tensor,
+    targets: torch.Tensor,
+    metrics: dict,
+    out: Path,
+    in_order: bool,
 ) -> None:
-    """PNG plots in out/plots/, and out/oof.csv (validation probabilities by sample ID).
+    """PNG plots in out/plots/, and out/oof.csv: validation probabilities keyed by sample ID
+    (and, for cell-level runs, the cell).
 
     `in_order`: the predictions follow the validation set's order (one process, or gathered
-    from every DDP rank), so rows map to sample IDs.
+    from every DDP rank), so rows map to the validation set's items.
     """
     import pandas as pd
-    import torch
 
     from hpa.training import plots
 
-    if not module.predictions:
-        return
-    probs = torch.cat(module.predictions)
-    targets = torch.cat(module.prediction_targets)
     folder = out / "plots"
     folder.mkdir(exist_ok=True)
     plots.plot_ap_bars(metrics["val/AP_per_class"], folder / "ap_per_class.png")
@@ -131,17 +169,19 @@ def write_plots_and_oof(
     n = min(12, len(val_set), len(probs))
     images = [val_set[i][0].numpy() for i in range(n)]
     plots.plot_samples(images, probs[:n], targets[:n], folder / "val_samples.png")
-    ids = getattr(val_set, "ids", None)
-    if in_order and ids is not None and len(ids) == len(probs):
-        frame = pd.DataFrame(probs.numpy(), columns=[str(i) for i in range(probs.shape[1])])
-        frame.insert(0, "fold", int(datamodule.fold))
-        frame.insert(0, "ID", ids)
-        with atomic_path(out / "oof.csv") as tmp:
-            frame.to_csv(tmp, index=False, float_format="%.5f")
-        merge_sweep_oof(out)
+    keys = val_set.item_keys()
+    if not in_order or len(keys["ID"]) != len(probs):
+        return  # e.g. a debug run that validated a few batches only
+    frame = pd.DataFrame(probs.numpy(), columns=[str(i) for i in range(probs.shape[1])])
+    frame.insert(0, "fold", int(datamodule.fold))
+    for position, (name, values) in enumerate(keys.items()):
+        frame.insert(position, name, values)
+    with atomic_path(out / "oof.csv") as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.5f")
+    merge_sweep_oof(out, key=list(keys))
 
 
-def merge_sweep_oof(out: Path) -> None:
+def merge_sweep_oof(out: Path, key: list[str] | None = None) -> None:
     """In a multirun (data.fold=0,1,2,3,4), gather every fold's oof.csv into the sweep folder."""
     import pandas as pd
 
@@ -149,7 +189,8 @@ def merge_sweep_oof(out: Path) -> None:
     parts = sorted(sweep.glob("*/oof.csv"))
     if len(parts) < 2 or not (sweep / "multirun.yaml").exists():
         return
-    merged = pd.concat([pd.read_csv(p) for p in parts]).drop_duplicates("ID", keep="last")
+    merged = pd.concat([pd.read_csv(p) for p in parts])
+    merged = merged.drop_duplicates(key or ["ID"], keep="last")
     with atomic_path(sweep / "oof.csv") as tmp:
         merged.to_csv(tmp, index=False, float_format="%.5f")
 

@@ -26,6 +26,9 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
 
 
 class HPAModule(pl.LightningModule):
+    """`model`, `optimizer`, `loss` and `mix` are the config groups of the same names, whole: the
+    YAML under configs/ is the one place defaults live (no second set here to disagree with)."""
+
     def __init__(
         self,
         model: dict[str, Any],
@@ -42,25 +45,21 @@ class HPAModule(pl.LightningModule):
         self.lr = optimizer["lr"]  # an attribute, so that Lightning's LR finder can set it
         self.mix = mix or {}
         self._mix_rng = np.random.default_rng(0)
-        # Set by finish_run: keep validation probabilities for plots and out-of-fold files.
-        self.collect_predictions = False
-        self.predictions: list[torch.Tensor] = []
-        self.prediction_targets: list[torch.Tensor] = []
         n = len(self.class_names)
         backbone = create_backbone(
             model["backbone"],
             num_classes=n,
-            in_chans=model.get("in_chans", 4),
-            pretrained=model.get("pretrained", False),
-            pretrained_path=model.get("pretrained_path"),
-            drop_rate=model.get("drop_rate", 0.0),
-            global_pool=model.get("global_pool"),
+            in_chans=model["in_chans"],
+            pretrained=model["pretrained"],
+            pretrained_path=model["pretrained_path"],
+            drop_rate=model["drop_rate"],
+            global_pool=model["global_pool"],
         )
         self.net = HPANet(backbone, mean=model["mean"], std=model["std"])
-        if model.get("channels_last", False):
+        if model["channels_last"]:
             self.net = self.net.to(memory_format=torch.channels_last)
         loss = dict(loss)
-        if model.get("compile", False):
+        if model["compile"]:
             self.net.compile()  # in place: state_dict keys (and exports) stay unchanged
         self.criterion = build_loss(loss.pop("name"), **loss)
         self.val_ap = MultilabelAveragePrecision(num_labels=n, average=None)
@@ -85,7 +84,7 @@ class HPAModule(pl.LightningModule):
         )
         return loss
 
-    def validation_step(self, batch, batch_idx: int) -> None:
+    def validation_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
         images, targets = batch
         logits = self(images)
         self.log(
@@ -98,9 +97,7 @@ class HPAModule(pl.LightningModule):
         probs = torch.sigmoid(logits.float())
         self.val_ap.update(probs, targets.long())
         self.val_f1.update(probs, targets.long())
-        if self.collect_predictions:
-            self.predictions.append(probs.cpu())
-            self.prediction_targets.append(targets.cpu())
+        return {"probs": probs}  # hpa.training.finish.ValidationPredictions keeps them
 
     def on_validation_epoch_end(self) -> None:
         ap = self.val_ap.compute()
@@ -118,8 +115,8 @@ class HPAModule(pl.LightningModule):
         opt = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=cfg["weight_decay"])
         total = max(1, int(self.trainer.estimated_stepping_batches))
         epochs = max(1, self.trainer.max_epochs or 1)
-        warmup = int(round(cfg.get("warmup_epochs", 0) * total / epochs))
-        min_ratio = cfg.get("min_lr_ratio", 0.01)
+        warmup = int(round(cfg["warmup_epochs"] * total / epochs))
+        min_ratio = cfg["min_lr_ratio"]
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda step: warmup_cosine(step, warmup, total, min_ratio)
         )
