@@ -8,6 +8,7 @@ import os
 import cv2
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
 from hpa.data.cache import cache_dir
 from hpa.data.cell_cache import build_cell_cache
@@ -120,15 +121,37 @@ def test_cache_requires_masks_when_asked(tmp_path, synthetic):
         build_cell_cache(synthetic, ["x"], size=16, margin=0.0, masks="maybe", progress=False)
 
 
-def test_cache_segments_when_there_are_no_masks(tmp_path, synthetic):
-    pytest.importorskip("hpa.segment.factory")
+def test_cache_segments_with_the_configured_segmenter(tmp_path, synthetic):
+    from hpa.cli import compose
+    from hpa.pipeline import segmenter_factory
+
     ids = read_records(synthetic / "train.csv")["ID"].tolist()[:2]
-    cache = build_cell_cache(
-        synthetic, ids, size=16, margin=0.05, masks="segmenter", progress=False
-    )
-    manifest = json.loads((cache.folder / "manifest.json").read_text())
-    assert manifest["mask_source"] == "segmenter:watershed"
-    assert sum(len(cache.load(sid)) for sid in ids) > 0
+    with pytest.raises(InputError, match="no segmenter configured"):
+        build_cell_cache(synthetic, ids, size=16, margin=0.05, masks="segmenter", progress=False)
+
+    def crops(overrides, store):
+        cfg = compose("train", overrides)
+        make, key = segmenter_factory(OmegaConf.to_container(cfg.segmenter, resolve=True))
+        cache = build_cell_cache(
+            synthetic,
+            ids,
+            size=16,
+            margin=0.05,
+            masks="segmenter",
+            progress=False,
+            segmenter=make,
+            segmenter_key=key,
+            cache_root=store,
+        )
+        manifest = json.loads((cache.folder / "manifest.json").read_text())
+        return sum(len(cache.load(sid)) for sid in ids), manifest["mask_source"]
+
+    n_default, source = crops([], tmp_path / "a")
+    assert n_default > 0 and source.startswith("segmenter:watershed-")
+    # A setting of configs/segmenter/watershed.yaml reaches the crops (it was ignored before):
+    # cells must be 1000x the median nucleus area, so none is kept.
+    n_strict, strict_source = crops(["segmenter.min_cell=1000"], tmp_path / "b")
+    assert n_strict == 0 and strict_source != source
 
 
 def test_cell_dataset_gives_every_cell_its_image_labels(synthetic):

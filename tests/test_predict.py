@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from hpa.errors import InputError
+from hpa.evaluate import evaluate
 from hpa.inference.classifiers import flips_for
 from hpa.inference.combine import cell_weights, combine
 from hpa.labels import CLASS_NAMES, NUM_CLASSES
@@ -332,7 +333,6 @@ def train_tiny(tmp: Path, name: str, *overrides: str) -> Path:
 @pytest.mark.slow
 def test_trained_models_beat_untrained_ones_end_to_end(tmp_path):
     """Train tiny image and cell models, predict a fresh synthetic test set, score it."""
-    evaluate = pytest.importorskip("hpa.evaluate")
     image_model = train_tiny(tmp_path, "image", "data.image_size=64")
     cell_model = train_tiny(
         tmp_path, "cell", "data=cells", "data.image_size=32", "trainer.max_epochs=6"
@@ -353,7 +353,7 @@ def test_trained_models_beat_untrained_ones_end_to_end(tmp_path):
     def score(models: list[Path], name: str) -> float:
         out = tmp_path / f"{name}.csv"
         check_format(run_predict(models, truth, out, "segmenter=truth"), sample)
-        return evaluate.evaluate(out, truth, progress=False)["mAP"]
+        return evaluate(out, truth, progress=False)["mAP"]
 
     untrained = score([export_untrained(tmp_path / "untrained", "image", 64)], "untrained")
     assert score([image_model], "image") > untrained + 0.1

@@ -54,18 +54,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from hpa.labels import CLASS_NAMES
     from hpa.pipeline import build_datamodule
     from hpa.training.checkpointing import AtomicCheckpointIO, checkpoint_summary, weights_only
-    from hpa.training.finish import finish_run
+    from hpa.training.finish import ValidationPredictions, finish_run
     from hpa.training.module import HPAModule
 
     check_config(cfg, "train")
     pl.seed_everything(cfg.seed, workers=True)
-    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-    ensure_synthetic_data(data_cfg["root"], data_cfg["train_csv"], data_cfg.pop("synthetic"))
     ckpt_path = check_ckpt(cfg.ckpt_path)
-    segmenter_cfg = cfg.get("segmenter")
-    datamodule = build_datamodule(
-        data_cfg, OmegaConf.to_container(segmenter_cfg, resolve=True) if segmenter_cfg else None
-    )
+    # The model first: a bad backbone fails in a second, before any data is generated or read.
     module = HPAModule(
         model=OmegaConf.to_container(cfg.model, resolve=True),
         optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
@@ -75,9 +70,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         level=cfg.data.get("level", "image"),
         mix=OmegaConf.to_container(cfg.mix, resolve=True),
     )
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    ensure_synthetic_data(data_cfg["root"], data_cfg["train_csv"], data_cfg.pop("synthetic"))
+    segmenter_cfg = cfg.get("segmenter")
+    datamodule = build_datamodule(
+        data_cfg, OmegaConf.to_container(segmenter_cfg, resolve=True) if segmenter_cfg else None
+    )
     if ckpt_path:
         check_ckpt_matches(ckpt_path, module)
-    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    predictions = ValidationPredictions()  # the final validation's, for oof.csv and plots
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None] + [predictions]
     loggers = (
         [instantiate(c) for c in cfg.logger.values() if c is not None]
         if cfg.get("logger")
@@ -109,7 +111,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         raise stopped(cfg, callbacks)
     if not cfg.export:
         return {k: float(v) for k, v in trainer.callback_metrics.items()}
-    return finish_run(trainer, module, datamodule, Path(cfg.paths.output_dir), cfg)
+    return finish_run(trainer, module, datamodule, Path(cfg.paths.output_dir), predictions)
 
 
 def stopped(cfg: DictConfig, callbacks: list) -> Stopped:
@@ -194,14 +196,16 @@ _composed = False
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 @exit_on_input_error
-def _hydra_main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> float | None:
     global _composed
     _composed = True
     try:
-        train(cfg)
+        metrics = train(cfg)
     except Stopped as stop:
         print(stop.message(), file=sys.stderr)
         sys.exit(143)  # 128 + SIGTERM, what a shell reports for a process the signal ended
+    # What a sweeper (hydra/sweeper=optuna) optimises.
+    return metrics.get(cfg.optimized_metric) if cfg.get("optimized_metric") else None
 
 
 def _unparsable(argv: list[str]) -> str | None:
