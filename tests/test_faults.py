@@ -59,6 +59,7 @@ class Command:
     resumed: str | None = None  # regex in a re-run's output after SIGTERM: it went on, not over
     kill_resumes: bool = False  # the same after SIGKILL (work is kept as it is done)
     boot_flags: tuple[str, ...] = ()
+    rerun: Callable[[Run], list[str]] = lambda run: []  # what a re-run adds (train: ckpt_path)
 
 
 # --- the commands -----------------------------------------------------------------------------
@@ -107,6 +108,28 @@ def _bundle_finished(run: Run, done: subprocess.CompletedProcess) -> None:
     names = sorted(p.name for p in (run.out / "bundle").iterdir())
     assert "dataset-metadata.json" in names and any(n.startswith("hpa-0.1") for n in names)
     assert "hpa-0.0.1-py3-none-any.whl" not in names  # replaced whole
+
+
+def _train_argv(run: Run) -> list[str]:
+    return [
+        f"data.root={run.inputs / 'train'}",
+        "data.synthetic=null",
+        "data.image_size=32",
+        "data.batch_size=2",  # 6 training samples: 3 steps an epoch
+        "data.num_workers=1",
+        "data.n_folds=4",
+        "model.backbone=test_resnet",
+        "model.pretrained=false",
+        "trainer.accelerator=cpu",
+        "trainer.max_epochs=3",
+        "logger=csv",
+        f"paths.output_dir={run.out / 'run'}",
+    ]
+
+
+def _train_finished(run: Run, done: subprocess.CompletedProcess) -> None:
+    assert '"epochs_run": 3' in (run.out / "run" / "metrics.json").read_text()
+    assert (run.out / "run" / "model" / "model.safetensors").is_file()
 
 
 def _write(path: Path, data: str) -> None:
@@ -179,6 +202,20 @@ COMMANDS = [
         boot_flags=("--fake-pip",),
     ),
 ]
+COMMANDS.append(
+    Command(
+        "train",
+        "hpa.train",
+        _train_argv,
+        # The second step of epoch 1: epoch 0's last.ckpt is on disk, epoch 1 is half done.
+        pause="hpa.training.module:HPAModule.training_step@5",
+        previous=lambda r: _write(r.out / "notes.txt", "a user's file beside the run\n"),
+        finished=_train_finished,
+        resumed=r"resuming from \S*last\.ckpt \(epoch [01], step [3-5];",
+        kill_resumes=True,
+        rerun=lambda r: [f"ckpt_path={r.out / 'run' / 'checkpoints' / 'last.ckpt'}"],
+    )
+)
 BY_NAME = pytest.mark.parametrize("cmd", COMMANDS, ids=[c.name for c in COMMANDS])
 
 
@@ -288,9 +325,9 @@ def _boot(cmd: Command, run: Run, pause: str) -> list[str]:
     return [sys.executable, str(BOOT), pause, str(marker), *cmd.boot_flags, "--", cmd.module]
 
 
-def run_command(cmd: Command, run: Run) -> subprocess.CompletedProcess:
+def run_command(cmd: Command, run: Run, extra: list[str] = ()) -> subprocess.CompletedProcess:
     """The command from start to end, no pause."""
-    args = [*_boot(cmd, run, "-"), *cmd.argv(run)]
+    args = [*_boot(cmd, run, "-"), *cmd.argv(run), *extra]
     return subprocess.run(
         args, cwd=run.work, env=ENV, capture_output=True, text=True, timeout=300, check=False
     )
@@ -349,7 +386,7 @@ def one_line(stdout: str, stderr: str, prefix: str) -> str:
 
 def finish(cmd: Command, run: Run) -> subprocess.CompletedProcess:
     """Re-run to the end: it must succeed and leave a complete result."""
-    done = run_command(cmd, run)
+    done = run_command(cmd, run, extra=cmd.rerun(run))
     assert done.returncode == 0, done.stderr[-3000:]
     cmd.finished(run, done)
     return done

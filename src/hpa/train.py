@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,11 +37,9 @@ class Stopped(Exception):
 
     def message(self) -> str:
         if self.last is None:
-            return "stopped by SIGTERM before the first checkpoint; nothing to resume, start again"
-        where = f" at epoch {self.summary['epoch']}, step {self.summary['global_step']}"
-        return (
-            f"stopped by SIGTERM{where}; resume with the same overrides plus ckpt_path={self.last}"
-        )
+            return "stopped by SIGTERM; nothing was saved yet: run the same command to start again"
+        where = f"epoch {self.summary['epoch']}, step {self.summary['global_step']}"
+        return f"stopped by SIGTERM; {where} saved: run the same command with ckpt_path={self.last} added"
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -92,6 +91,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         default_root_dir=cfg.paths.output_dir,
         plugins=[AtomicCheckpointIO()],
     )
+    if cfg.trainer.get("enable_checkpointing", True) is not False:
+        check_space_for_checkpoints(module, Path(cfg.paths.output_dir))
     if cfg.tune:
         tune(trainer, module, datamodule)
     if ckpt_path:
@@ -280,6 +281,42 @@ def guard_run_folder(argv: list[str]) -> list[str]:
     return argv
 
 
+# Hydra's own files and logs need a little room before training writes anything.
+MIN_FREE_BYTES = 1 << 20
+
+
+def check_output_location(argv: list[str]) -> None:
+    """The run folder (or the folder runs go under) must be writable and not full: checked
+    before Hydra writes into it, so either is one line naming the folder, not Hydra's error."""
+    from hpa.cli import check_writable
+    from hpa.fsio import DiskFullError, disk_full_message, free_bytes
+
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    folder = _arg(argv, "hydra.sweep.dir" if multirun else "hydra.run.dir")
+    option = "paths.output_dir"
+    if folder is None:
+        folder = _arg(argv, "paths.log_dir") or os.environ.get("HPA_LOG_DIR", "outputs")
+        option = "paths.log_dir"
+    if "${" in folder:  # an interpolation: Hydra resolves it, and reports its own problems
+        return
+    check_writable(folder, option)
+    free = free_bytes(folder)
+    if free is not None and free < MIN_FREE_BYTES:
+        raise DiskFullError(disk_full_message(folder, MIN_FREE_BYTES))
+
+
+def check_space_for_checkpoints(module, out: Path, copies: int = 2) -> None:
+    """Before the first epoch: room for `copies` checkpoints (best and last: weights plus the
+    optimizer's two moments, ~3x the weights), so a run does not die at the end of epoch 1."""
+    from hpa.fsio import DiskFullError, disk_full_message, free_bytes
+
+    weights = sum(p.numel() * p.element_size() for p in module.state_dict().values())
+    needed = copies * 3 * weights
+    free = free_bytes(out)
+    if free is not None and free < needed:
+        raise DiskFullError(disk_full_message(out, needed))
+
+
 def main() -> None:
     # The contract's `paths.output_dir=DIR` sets Hydra's run folder (in a multirun, the sweep folder).
     argv = sys.argv[1:]
@@ -292,9 +329,13 @@ def main() -> None:
     if not any(a in ("-h", "--help", "--cfg", "-c", "--info", "-i") for a in argv):
         try:
             argv = guard_run_folder(argv)
+            check_output_location(argv)
         except InputError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
+    # A full disk mid-run must not turn every log line into a "Logging error" traceback: the
+    # write that matters (a checkpoint, metrics) reports it, in one line.
+    logging.raiseExceptions = False
     sys.argv[1:] = argv
     try:
         _hydra_main()
