@@ -22,9 +22,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from hpa.cli import compose, setup_logging
+from hpa.cli import compose, print_help, setup_logging, wants_help
 from hpa.data.arraycache import DONE
-from hpa.data.cache import CachedImages, open_cache
+from hpa.data.cache import CachedImages, keep_freed_memory, open_cache
 from hpa.data.dataset import ImageDataset, RawImages, SampleSource
 from hpa.data.images import CHANNELS, channel_path
 from hpa.data.records import read_records
@@ -52,6 +52,7 @@ def bench_loader(cfg: DictConfig) -> dict[str, Any]:
     cached = open_cache(root, image_dir, size, fallback=raw, cache_root=cache_root)
     if cached is None:
         raise InputError(f"no usable cache for {root / image_dir} at {size} px; run hpa.prepare")
+    keep_freed_memory()  # as training does with a cache (hpa.data.datamodule)
     ids = _cached_ids(root / data["train_csv"], cached, opts["max_samples"])
     transform = build_transform(data["augment"]["train"])
     _warm_page_cache(raw, cached, ids)
@@ -164,6 +165,9 @@ def _progress(text: str) -> None:
 @exit_on_input_error
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    if wants_help(argv[:1]):
+        print_help("bench", f"usage: python -m hpa.bench {'|'.join(COMMANDS)} [key=value ...]")
+        return
     if not argv or argv[0] not in COMMANDS:
         got = f"unknown command {argv[0]!r}" if argv else "no command"
         raise InputError(

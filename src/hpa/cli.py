@@ -48,7 +48,24 @@ def override_problem(arg: str) -> str | None:
     return f"{problem}; Hydra's syntax is key=value ({GRAMMAR})"
 
 
-def compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
+HELP_FLAGS = ("-h", "--help")
+
+
+def wants_help(argv: Sequence[str]) -> bool:
+    return any(a in HELP_FLAGS for a in argv)
+
+
+def print_help(config_name: str, usage: str | None = None) -> None:
+    """Usage, then the command's config file itself: its comments say what every key does."""
+    from importlib import resources
+
+    text = resources.files(CONFIG_MODULE).joinpath(f"{config_name}.yaml").read_text()
+    print(usage or f"usage: python -m hpa.{config_name} [key=value ...]")
+    print(f"\nEvery key below can be set as key=value (hpa/configs/{config_name}.yaml):\n")
+    print(text.rstrip())
+
+
+def compose(config_name: str, overrides: Sequence[str], command: str | None = None) -> DictConfig:
     """Compose `hpa/configs/<config_name>.yaml` with overrides, then check its values' types and
     ranges (hpa.config_check); a bad override or value becomes a one-line InputError."""
     from hydra import compose as hydra_compose
@@ -58,6 +75,9 @@ def compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
 
     from hpa.config_check import check_config
 
+    if wants_help(overrides):
+        print_help(config_name, f"usage: python -m hpa.{command or config_name} [key=value ...]")
+        raise SystemExit(0)
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise InputError(

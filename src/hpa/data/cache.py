@@ -154,7 +154,6 @@ def open_cache(
             hint,
         )
         return None
-    keep_freed_memory()
     todo = len(cache.live_rows(TODO))
     if todo:
         log.warning(

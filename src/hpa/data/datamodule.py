@@ -11,7 +11,7 @@ import numpy as np
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
-from hpa.data.cache import open_cache
+from hpa.data.cache import CachedImages, keep_freed_memory, open_cache
 from hpa.data.cell_cache import build_cell_cache
 from hpa.data.cells import CellDataset
 from hpa.data.dataset import ImageDataset, RawImages, SampleSource
@@ -155,6 +155,10 @@ class HPADataModule(pl.LightningDataModule):
         self.records = records
         source = open_source(self.root, self.image_dir, self.image_size, self.cache_dir)
         log.info("data: %s", source.description)
+        if isinstance(source, CachedImages):
+            # A process-wide malloc setting, made here in plain sight: ~1.3x cached samples/s
+            # (see keep_freed_memory); forked DataLoader workers inherit it.
+            keep_freed_memory()
         if isinstance(source, RawImages) or self.level == "cell":
             self._check_raw_images(records["ID"].tolist())
         train = np.flatnonzero(records["fold"].to_numpy() != self.fold)

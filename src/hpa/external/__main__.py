@@ -7,7 +7,7 @@ from collections import Counter
 
 from omegaconf import DictConfig, OmegaConf
 
-from hpa.cli import compose, setup_logging
+from hpa.cli import compose, print_help, setup_logging, wants_help
 from hpa.errors import InputError, exit_on_input_error
 from hpa.external.download import FetchOptions
 from hpa.external.hpa2018 import convert_2018
@@ -129,6 +129,9 @@ COMMANDS = {"download": download, "convert2018": convert2018, "merge": merge}
 @exit_on_input_error
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if wants_help(argv[:1]):
+        print_help("external", USAGE)
+        return
     if not argv or argv[0] not in COMMANDS:
         raise InputError(f"first argument must be one of {', '.join(COMMANDS)}\n{USAGE}")
     setup_logging()

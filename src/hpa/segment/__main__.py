@@ -20,7 +20,7 @@ from hpa.segment.matching import match_instances
 
 @exit_on_input_error
 def main(argv: list[str] | None = None) -> None:
-    cfg = compose("segment_check", sys.argv[1:] if argv is None else argv)
+    cfg = compose("segment_check", sys.argv[1:] if argv is None else argv, command="segment")
     if not cfg.root:
         raise InputError("root is not set; run `python -m hpa.segment root=DIR`")
     root = Path(cfg.root)
