@@ -17,22 +17,29 @@
 # %% [markdown]
 # # HPA single-cell classification: offline inference
 #
-# A Kaggle code-competition submission: Internet **off**. Attach three inputs:
-# 1. the bundle dataset (`python -m hpa.kaggle bundle`): hpa's wheel and the wheels Kaggle lacks;
-# 2. one dataset per exported model (`python -m hpa.kaggle model`);
+# A Kaggle code-competition submission: Internet **off**. Attach three inputs (Add Input, or
+# `python -m hpa.kaggle push`, which uploads and attaches them):
+# 1. the bundle data set (`python -m hpa.kaggle bundle`): hpa's wheel and the wheels Kaggle lacks;
+# 2. one data set per exported model (`python -m hpa.kaggle model`, or the train notebook's output);
 # 3. the competition data (`hpa-single-cell-image-classification`).
 #
+# Nothing to type: every parameter left at `auto` is found under `/kaggle/input`, in any of
+# Kaggle's layouts (`competitions/<slug>`, `datasets/<owner>/<slug>`, or the older `<slug>`);
+# `MODEL_DIRS = ["auto"]` is every distinct model attached (an ensemble). If nothing fits, or two
+# inputs do, the cell stops with one line naming what it found and the parameter to set.
 # Every step is a command with this kernel's Python, so the notebook runs anywhere with
 # `papermill kaggle_inference.ipynb out.ipynb -p NAME VALUE`.
 
 # %% tags=["parameters"]
-BUNDLE_DIR = "/kaggle/input/hpa-bundle"
-MODEL_DIRS = ["/kaggle/input/hpa-model"]
-INPUT_DIR = "/kaggle/input/hpa-single-cell-image-classification/test"
-SAMPLE_SUBMISSION = "/kaggle/input/hpa-single-cell-image-classification/sample_submission.csv"
+BUNDLE_DIR = "auto"
+MODEL_DIRS = ["auto"]
+INPUT_DIR = "auto"
+SAMPLE_SUBMISSION = "auto"
 SUBMISSION = "/kaggle/working/submission.csv"
 
 # %%
+import importlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -58,12 +65,49 @@ def hydra_value(text: str) -> str:
 # %% [markdown]
 # ## 1. Install hpa from the bundle, with no network
 # `--no-index`: pip looks in the bundle folder only, so a missing wheel fails here, by name.
+# hpa is not installed yet, so `BUNDLE_DIR = "auto"` is found by this short search over the
+# mounts of every layout (the same as `hpa.kaggle.inputs.find_bundle`, which finds the rest).
+
 
 # %%
+def find_bundle(value: str) -> str:
+    """BUNDLE_DIR, or for `auto` the one attached folder holding hpa-*.whl."""
+    if value != "auto":
+        return value
+    root = Path(os.environ.get("HPA_KAGGLE_INPUT") or "/kaggle/input")
+    mounts = ("*", "competitions/*", "datasets/*/*", "notebooks/*/*")
+    found = sorted({str(w.parent) for m in mounts for w in root.glob(f"{m}/hpa-*.whl")})
+    if len(found) != 1:
+        raise SystemExit(
+            f"error: BUNDLE_DIR=auto found {len(found)} folders with hpa-*.whl under {root} "
+            f"({', '.join(found) or 'attach the bundle data set'}); set BUNDLE_DIR"
+        )
+    print(f"BUNDLE_DIR = {found[0]!r}  (auto)")
+    return found[0]
+
+
+BUNDLE_DIR = find_bundle(BUNDLE_DIR)
 run("-m", "pip", "install", "--no-index", "--find-links", BUNDLE_DIR, "hpa")
 
 # %% [markdown]
-# ## 2. Check the environment
+# ## 2. Find the models and the competition data
+# With hpa installed: `auto` parameters become the paths found (one line each).
+
+# %%
+importlib.invalidate_caches()  # hpa was installed after this kernel started
+from hpa.kaggle.inputs import notebook_inputs  # noqa: E402
+
+found = notebook_inputs(
+    MODEL_DIRS=MODEL_DIRS, SAMPLE_SUBMISSION=SAMPLE_SUBMISSION, INPUT_DIR=INPUT_DIR
+)
+MODEL_DIRS, SAMPLE_SUBMISSION, INPUT_DIR = (
+    found["MODEL_DIRS"],
+    found["SAMPLE_SUBMISSION"],
+    found["INPUT_DIR"],
+)
+
+# %% [markdown]
+# ## 3. Check the environment
 # One line per check. A `FAIL` line names the mismatch (say, a library version Kaggle changed)
 # and its fix, and stops the notebook here instead of deep inside prediction.
 
@@ -73,7 +117,7 @@ models = [f"--model={d}" for d in MODEL_DIRS]
 run("-m", "hpa.doctor", "--bundle", BUNDLE_DIR, "--output", output_dir, *models)
 
 # %% [markdown]
-# ## 3. Segment, classify, write the submission
+# ## 4. Segment, classify, write the submission
 
 # %%
 run(

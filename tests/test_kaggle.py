@@ -245,13 +245,12 @@ def test_bundle_is_flat_with_hpa_wheel_dependencies_and_metadata(tmp_path, capsy
     assert hpa_wheel.name != "hpa-0.0.1-py3-none-any.whl"
     with zipfile.ZipFile(hpa_wheel) as zf:
         assert {"hpa/configs/train.yaml", "hpa/kaggle/kaggle_image.txt"} <= set(zf.namelist())
-    # hpa's requirements decide what is fetched: exactly the ones missing from Kaggle's image.
-    assert sorted(fetch.served) == [
-        "antlr4-python3-runtime",
-        "hydra-core",
-        "iterative-stratification",
-        "pycocotools",
-    ]
+    # hpa's requirements decide what is fetched: exactly the ones missing from Kaggle's image
+    # (kaggle_image.txt; antlr4 comes in as hydra-core's dependency when the image lacks it).
+    candidates = ["antlr4-python3-runtime", "hydra-core", "iterative-stratification", "pycocotools"]
+    missing = [name for name in candidates if canonicalize_name(name) not in kaggle_image()]
+    assert "hydra-core" in missing
+    assert sorted(fetch.served) == missing
     meta = json.loads((out / "dataset-metadata.json").read_text())
     assert meta == {
         "id": "me/hpa-bundle",
@@ -287,6 +286,36 @@ def test_kernel_metadata_for_each_notebook_turns_internet_off(tmp_path):
     inference = json.loads((tmp_path / "hpa-inference" / "kernel-metadata.json").read_text())
     assert inference["dataset_sources"] == ["me/hpa-bundle", "me/hpa-model", "other/hpa-model-2"]
     assert inference["enable_gpu"] is True
+    # A GPU Kaggle's cu128 torch runs on (not whatever `enable_gpu` gives), and the image the
+    # bundle was checked against kept for later versions.
+    assert inference["machine_shape"] == "NvidiaTeslaT4"
+    assert inference["docker_image_pinning_type"] == "original"
+    explore = json.loads((tmp_path / "hpa-explore" / "kernel-metadata.json").read_text())
+    assert "machine_shape" not in explore and explore["enable_gpu"] is False
+
+
+def test_kernels_take_the_accelerator_and_pinning_asked_for(tmp_path, capsys):
+    main(["kernels", "--out", str(tmp_path), "--user", "me", "--pinning", "latest"])
+    main(["kernels", "--out", str(tmp_path / "l4"), "--user", "me", "--accelerator", "NvidiaL4"])
+    latest = json.loads((tmp_path / "hpa-train" / "kernel-metadata.json").read_text())
+    assert latest["docker_image_pinning_type"] == "latest"
+    l4 = json.loads((tmp_path / "l4" / "hpa-inference" / "kernel-metadata.json").read_text())
+    assert l4["machine_shape"] == "NvidiaL4"
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--accelerator", "NvidiaTeslaP100"], "cannot run"),
+        (["--accelerator", "GPU T4 x2"], "machine shape"),
+    ],
+)
+def test_an_accelerator_kaggles_torch_cannot_use_is_bad_input(tmp_path, capsys, args, expected):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["kernels", "--out", str(tmp_path / "k"), "--user", "me", *args])
+    assert exit_info.value.code == 2
+    assert expected in capsys.readouterr().err
+    assert not (tmp_path / "k").exists()
 
 
 def test_model_dataset_copies_an_exported_model(tmp_path):
@@ -332,3 +361,154 @@ def test_bundle_that_cannot_be_made_exits_2_like_other_bad_input(tmp_path, capsy
         main(["bundle", "--out", str(tmp_path / "b")])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.startswith("error: hpa needs numpy>=3")
+
+
+# The train notebook's cache on /kaggle/working (hpa.kaggle.train_cache)
+
+
+def test_cache_plan_counts_what_a_previous_run_wrote(tiny_dataset, tmp_path, monkeypatch):
+    import hpa.fsio
+    from hpa.kaggle.train_cache import cache_bytes, cache_plan
+
+    overrides = [
+        "data=default",
+        f"data.root={tiny_dataset}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.image_size=32",
+    ]
+    full = cache_bytes(40, 32)
+    assert full == 40 * 32 * 32 * 4
+    plan = cache_plan(overrides)
+    assert (plan.n_images, plan.image_size, plan.level, plan.needed) == (40, 32, "image", full)
+    assert plan.folder.parent == tmp_path / "cache"
+    # Half of it already on disk (an interrupted prepare): only the rest must fit.
+    cache = plan.folder / "train_32"
+    cache.mkdir(parents=True)
+    (cache / "data.u8").write_bytes(b"x" * (full // 2))
+    monkeypatch.setattr(hpa.fsio, "free_bytes", lambda folder: full // 2 + 8192)
+    assert cache_plan(overrides).needed <= full // 2
+    monkeypatch.setattr(hpa.fsio, "free_bytes", lambda folder: full // 4)
+    with pytest.raises(InputError, match=r"needs \d+ KiB in .* but 40 KiB are free"):
+        cache_plan(overrides)
+
+
+# A GPU the installed torch was not built for (hpa.gpu): Kaggle's P100 under a cu128 torch.
+
+CU128 = ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"]
+
+
+@pytest.mark.parametrize(
+    ("arch_list", "capability", "runs"),
+    [
+        (CU128, (6, 0), False),  # P100 under Kaggle's torch
+        (CU128, (7, 5), True),  # T4
+        (CU128, (8, 9), True),  # L4: sm_86 code runs on 8.9
+        (["sm_80"], (9, 0), False),  # another major version
+        (["sm_80", "compute_80"], (9, 0), True),  # PTX compiles for newer GPUs
+        (["sm_90a"], (9, 0), True),
+        (["sm_50", "sm_60", "sm_70"], (6, 0), True),  # an older build runs a P100
+    ],
+)
+def test_which_builds_run_on_which_gpu(arch_list, capability, runs):
+    from hpa.gpu import runs_on
+
+    assert runs_on(arch_list, capability) is runs
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """Make torch see one GPU: set its capability and the architectures torch was built for."""
+    import torch
+
+    def install(capability, name, arch_list=CU128):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=None: capability)
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=None: name)
+        monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: list(arch_list))
+
+    return install
+
+
+def test_cuda_arch_problem_names_the_gpu_its_capability_and_the_fix(fake_gpu):
+    from hpa.gpu import cuda_arch_problem
+
+    fake_gpu((6, 0), "Tesla P100-PCIE-16GB")
+    problem = cuda_arch_problem()
+    assert "Tesla P100-PCIE-16GB" in problem and "6.0 (sm_60)" in problem
+    assert "sm_75" in problem and "T4 or L4" in problem and "\n" not in problem
+    fake_gpu((7, 5), "Tesla T4")
+    assert cuda_arch_problem() is None
+
+
+def test_no_gpu_is_no_problem(monkeypatch):
+    import torch
+
+    from hpa.gpu import choose_device, cuda_arch_problem
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cuda_arch_problem() is None
+    assert choose_device("auto").type == "cpu"
+    with pytest.raises(InputError, match="no CUDA GPU is visible"):
+        choose_device("cuda")
+
+
+def test_device_auto_falls_back_to_the_cpu_and_cuda_stops(fake_gpu, caplog):
+    from hpa.gpu import choose_device
+
+    fake_gpu((6, 0), "Tesla P100-PCIE-16GB")
+    with caplog.at_level("WARNING", logger="hpa.gpu"):
+        assert choose_device("auto").type == "cpu"
+    assert "Tesla P100-PCIE-16GB" in caplog.text and "on the CPU instead" in caplog.text
+    for device in ("cuda", "cuda:0"):
+        with pytest.raises(InputError, match=f"device={device}: GPU 0 \\(Tesla P100"):
+            choose_device(device)
+    with pytest.raises(InputError, match="2 GPUs|there are 1 GPUs"):
+        choose_device("cuda:1")
+    with pytest.raises(InputError, match="use auto, cpu, cuda or cuda:N"):
+        choose_device("gpu")
+    assert choose_device("cpu").type == "cpu"
+    fake_gpu((7, 5), "Tesla T4")
+    assert choose_device("auto") == choose_device("cuda") == __import__("torch").device("cuda", 0)
+
+
+def test_predict_on_a_gpu_torch_cannot_run_stops_before_any_work(fake_gpu, tmp_path, capsys):
+    """device=cuda: one line, exit 2, before the sample submission or a model is read."""
+    from hpa.predict import main as predict
+
+    fake_gpu((6, 0), "Tesla P100-PCIE-16GB")
+    with pytest.raises(SystemExit) as exit_info:
+        predict(
+            [
+                f"models=[{tmp_path / 'no-model'}]",
+                f"input_dir={tmp_path}",
+                f"sample_submission={tmp_path / 'absent.csv'}",
+                f"submission={tmp_path / 'sub.csv'}",
+                "device=cuda",
+            ]
+        )
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: device=cuda: GPU 0 (Tesla P100-PCIE-16GB)")
+    assert "T4 or L4" in line
+
+
+def test_every_visible_gpu_is_checked(monkeypatch):
+    """The doctor asks without an index: a T4 beside a P100 still names the P100."""
+    import torch
+
+    from hpa.gpu import choose_device, cuda_arch_problem
+
+    gpus = [((7, 5), "Tesla T4"), ((6, 0), "Tesla P100-PCIE-16GB")]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: len(gpus))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=0: gpus[i][0])
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: gpus[i][1])
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: list(CU128))
+    assert cuda_arch_problem().startswith("GPU 1 (Tesla P100-PCIE-16GB)")
+    assert cuda_arch_problem(0) is None
+    assert choose_device("cuda:0") == torch.device("cuda", 0)
+    with pytest.raises(InputError, match="GPU 1"):
+        choose_device("cuda:1")

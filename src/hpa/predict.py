@@ -1,4 +1,8 @@
-"""python -m hpa.predict models=[MODEL_DIR,...] input_dir=DIR sample_submission=FILE submission=OUT.csv"""
+"""python -m hpa.predict models=[MODEL_DIR,...] input_dir=DIR sample_submission=FILE submission=OUT.csv
+
+On Kaggle, `models=auto input_dir=auto sample_submission=auto` find the attached model data sets
+and the competition data under /kaggle/input (hpa.kaggle.inputs; `input_root=` moves it).
+"""
 
 from __future__ import annotations
 
@@ -23,13 +27,16 @@ def predict(cfg: DictConfig) -> Path:
     from tqdm import tqdm
 
     from hpa.data.images import read_sample
-    from hpa.inference.classifiers import load_classifiers, resolve_device
+    from hpa.gpu import choose_device
+    from hpa.inference.classifiers import load_classifiers
     from hpa.inference.predictor import PredictOptions, Predictor
     from hpa.segment.factory import build_segmenter
     from hpa.submission.writer import SubmissionWriter, prediction_string, read_sample_submission
 
+    # A GPU this torch cannot run (a P100 with a cu128 build) stops here or falls back to the
+    # CPU, before any model is loaded; not at the first kernel launch.
+    device = choose_device(cfg.device)
     rows = read_sample_submission(cfg.sample_submission)
-    device = resolve_device(cfg.device)
     models = cfg.models if OmegaConf.is_list(cfg.models) else [cfg.models]
     classifiers = load_classifiers([str(m) for m in models], device)
     segmenter_cfg = OmegaConf.to_container(cfg.segmenter, resolve=True)
@@ -84,13 +91,33 @@ def check_required(cfg: DictConfig) -> None:
     if missing:
         raise InputError(
             f"missing {', '.join(missing)}; run python -m hpa.predict models=[MODEL_DIR,...] "
-            "input_dir=DIR sample_submission=FILE submission=OUT.csv"
+            "input_dir=DIR sample_submission=FILE submission=OUT.csv (or KEY=auto on Kaggle)"
         )
+    find_auto_inputs(cfg)
     if not Path(cfg.input_dir).is_dir():
         raise InputError(
             f"input_dir={cfg.input_dir} is not a folder of {{ID}}_{{red,green,blue,yellow}} images"
         )
     check_writable(cfg.submission, "submission")
+
+
+def find_auto_inputs(cfg: DictConfig) -> None:
+    """Replace each `auto` of models, sample_submission and input_dir by what is attached under
+    input_root, in cfg itself: a resumed run then compares the paths, not the word `auto`."""
+    from hpa.kaggle.inputs import find_models, find_sample_submission, find_test_dir, is_auto
+
+    root = cfg.get("input_root")
+    models = cfg.models if isinstance(cfg.models, str) else list(cfg.models)
+    if is_auto(models):
+        cfg.models = [str(p) for p in find_models(root, param="models")]
+        log.info("predict: models=auto found %s", list(cfg.models))
+    if is_auto(cfg.sample_submission):
+        cfg.sample_submission = str(find_sample_submission(root, param="sample_submission"))
+        log.info("predict: sample_submission=auto found %s", cfg.sample_submission)
+    if is_auto(cfg.input_dir):
+        sample = Path(cfg.sample_submission)
+        cfg.input_dir = str(find_test_dir(root, sample, param="input_dir"))
+        log.info("predict: input_dir=auto found %s", cfg.input_dir)
 
 
 def options_from(cfg: DictConfig, options_cls):

@@ -1,10 +1,15 @@
-"""python -m hpa.kaggle bundle|kernels|model: the folders to upload to Kaggle.
+"""python -m hpa.kaggle: the folders to upload to Kaggle, and the kaggle CLI steps that upload them.
+
+    python -m hpa.kaggle push --model RUN/model [--model ...]   # all of it, with the kaggle CLI
+    python -m hpa.kaggle status                      # the pushed notebook's run
+    python -m hpa.kaggle output --out DIR            # its output (submission.csv, log)
+    python -m hpa.kaggle submit --message M          # its submission.csv to the competition
 
     python -m hpa.kaggle bundle --out DIR            # wheels for an offline `pip install hpa`
     python -m hpa.kaggle model --model RUN/model --out DIR
     python -m hpa.kaggle kernels --out DIR           # each notebook with kernel-metadata.json
 
-Then `kaggle datasets create -p DIR` (or `version`) and `kaggle kernels push -p DIR/<kernel>`.
+By hand: `kaggle datasets create -p DIR` (or `version`) and `kaggle kernels push -p DIR/<kernel>`.
 """
 
 from __future__ import annotations
@@ -15,10 +20,25 @@ from pathlib import Path
 
 from hpa.errors import InputError, exit_on_input_error
 from hpa.fsio import DiskFullError, disk_full_message
+from hpa.kaggle import push as pushing
 from hpa.kaggle.bundle import make_bundle, make_kernels, make_model_dataset
-from hpa.kaggle.metadata import PLACEHOLDER_USER, default_user, install_cell
+from hpa.kaggle.metadata import (
+    DEFAULT_ACCELERATOR,
+    DEFAULT_PINNING,
+    PINNINGS,
+    PLACEHOLDER_USER,
+    default_user,
+    install_cell,
+)
 from hpa.kaggle.wheels import BundleError
 from hpa.signals import graceful_sigterm
+
+HINTS = {
+    "push": "the data sets uploaded so far are kept; run the same command again (unchanged ones "
+    "are not uploaded twice)",
+    "status": "run the same command again",
+    "submit": "run `python -m hpa.kaggle status`, then submit again if nothing was submitted",
+}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -28,7 +48,46 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         formatter_class=argparse.RawTextHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    user = {"default": default_user(), "help": "Kaggle user name ($KAGGLE_USERNAME)"}
+    user = {
+        "default": default_user(),
+        "help": "Kaggle user name ($KAGGLE_USERNAME, else kaggle.json's username)",
+    }
+    kernel_opts = {
+        "accelerator": {
+            "default": DEFAULT_ACCELERATOR,
+            "help": f"GPU of the notebook (machine_shape; default {DEFAULT_ACCELERATOR})",
+        },
+        "pinning": {
+            "default": DEFAULT_PINNING,
+            "choices": PINNINGS,
+            "help": "docker_image_pinning_type: original keeps the image of the notebook's first "
+            "version (the one kaggle_image.txt describes); latest takes today's",
+        },
+    }
+
+    push = sub.add_parser("push", help="bundle + model data sets + inference notebook, uploaded")
+    push.add_argument("--model", type=Path, action="append", required=True, help="model/ folder")
+    push.add_argument("--out", type=Path, default=pushing.DEFAULT_OUT, help="default dist/kaggle")
+    push.add_argument("--user", **user)
+    push.add_argument("--bundle-slug", default="hpa-bundle")
+    push.add_argument("--model-slug", action="append", help="one per --model (hpa-model, -2, ...)")
+    push.add_argument("--message", default="pushed by python -m hpa.kaggle push")
+    push.add_argument("--accelerator", **kernel_opts["accelerator"])
+    push.add_argument("--pinning", **kernel_opts["pinning"])
+    push.add_argument("--wait", type=float, default=900.0, help="seconds to wait for uploads")
+
+    pushed = {"type": Path, "default": pushing.DEFAULT_OUT, "help": "push's --out (push.json)"}
+    kernel = {"help": "OWNER/SLUG (default: the last push's, else USER/hpa-inference)"}
+    status = sub.add_parser("status", help="the pushed notebook's status")
+    output = sub.add_parser("output", help="download the pushed notebook's output")
+    output.add_argument("--out", type=Path, required=True)
+    submit = sub.add_parser("submit", help="submit the pushed notebook's submission.csv")
+    submit.add_argument("--message", required=True)
+    submit.add_argument("--version", type=int, help="kernel version (default: the last push's)")
+    for cmd in (status, output, submit):
+        cmd.add_argument("--kernel", **kernel)
+        cmd.add_argument("--pushed", **pushed)
+        cmd.add_argument("--user", **user)
 
     bundle = sub.add_parser("bundle", help="hpa's wheel + every dependency Kaggle's image lacks")
     bundle.add_argument("--out", type=Path, required=True, help="folder to write (replaced whole)")
@@ -49,23 +108,53 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     kernels.add_argument("--bundle-slug", default="hpa-bundle")
     slugs = {"action": "append", "help": "model dataset(s) for inference (default: hpa-model)"}
     kernels.add_argument("--model-slug", **slugs)
+    kernels.add_argument("--accelerator", **kernel_opts["accelerator"])
+    kernels.add_argument("--pinning", **kernel_opts["pinning"])
     return parser.parse_args(argv)
 
 
 @exit_on_input_error
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    hint = f"nothing half-written is left in {args.out}; run the same command again"
+    out = getattr(args, "out", None) or Path.cwd()
+    hint = HINTS.get(
+        args.command, f"nothing half-written is left in {out}; run the same command again"
+    )
     try:
         with graceful_sigterm(hint):
             run(args)
     except BundleError as err:  # the bundle cannot be made as asked: bad input, like the rest
         if "No space left on device" in str(err):  # said by pip or the wheel build it ran
-            raise DiskFullError(disk_full_message(args.out.resolve().parent)) from None
+            raise DiskFullError(disk_full_message(out.resolve().parent)) from None
         raise InputError(str(err)) from None
 
 
 def run(args: argparse.Namespace) -> None:
+    if args.command == "push":
+        pushing.push(
+            args.model,
+            args.out,
+            args.user,
+            args.bundle_slug,
+            args.model_slug,
+            args.message,
+            args.accelerator,
+            args.pinning,
+            args.wait,
+        )
+        return
+    if args.command in ("status", "output", "submit"):
+        kernel = pushing.pushed_kernel(args.pushed, args.kernel, args.user)
+        if args.command == "status":
+            pushing.status(kernel)
+        elif args.command == "output":
+            pushing.output(kernel, args.out)
+        else:
+            version = args.version
+            if version is None and not args.kernel:
+                version = pushing.read_state(args.pushed).get("version")
+            pushing.submit(kernel, version, args.message)
+        return
     if args.command == "bundle":
         wheels = make_bundle(args.out, args.user, args.slug, args.title)
         print(f"\nwrote {len(wheels)} wheels and dataset-metadata.json to {args.out}")
@@ -79,7 +168,10 @@ def run(args: argparse.Namespace) -> None:
         print(f"upload:  kaggle datasets create -p {out}   (mounted at /kaggle/input/{args.slug})")
     else:
         models = args.model_slug or ["hpa-model"]
-        for folder in make_kernels(args.out, args.user, args.bundle_slug, models):
+        folders = make_kernels(
+            args.out, args.user, args.bundle_slug, models, args.accelerator, args.pinning
+        )
+        for folder in folders:
             print(f"wrote {folder}   push: kaggle kernels push -p {folder}")
     if args.user == PLACEHOLDER_USER:
         print(f"note: ids say {PLACEHOLDER_USER!r}: pass --user or set KAGGLE_USERNAME to upload")

@@ -11,7 +11,14 @@ from pathlib import Path
 from hpa.errors import InputError
 from hpa.fsio import atomic_dir, write_json
 from hpa.kaggle.image import kaggle_image
-from hpa.kaggle.metadata import KERNELS, dataset_metadata, kernel_metadata, kernel_slug
+from hpa.kaggle.metadata import (
+    DEFAULT_ACCELERATOR,
+    DEFAULT_PINNING,
+    KERNELS,
+    dataset_metadata,
+    kernel_metadata,
+    kernel_slug,
+)
 from hpa.kaggle.wheels import (
     Fetcher,
     PipFetcher,
@@ -81,19 +88,31 @@ def make_bundle(
     return sorted(out.resolve().glob("*.whl"))
 
 
-def make_kernels(out: Path, user: str, bundle_slug: str, model_slugs: list[str]) -> list[Path]:
+def make_kernels(
+    out: Path,
+    user: str,
+    bundle_slug: str,
+    model_slugs: list[str],
+    accelerator: str = DEFAULT_ACCELERATOR,
+    pinning: str = DEFAULT_PINNING,
+) -> list[Path]:
     """`out/<kernel>/` with the notebook and its kernel-metadata.json, for `kaggle kernels push -p`."""
     notebooks = project_root() / "notebooks"
     bundle = f"{user}/{bundle_slug}"
     models = [f"{user}/{s}" if "/" not in s else s for s in model_slugs]
+    metadata = {  # checked before any folder is replaced
+        k: kernel_metadata(
+            k, user, [bundle, *models] if k.needs_models else [bundle], accelerator, pinning
+        )
+        for k in KERNELS
+    }
     written = []
     out = check_out(out)
     out.mkdir(parents=True, exist_ok=True)
     for kernel in KERNELS:
         with replacing(out / kernel_slug(kernel)) as tmp:
             shutil.copy2(notebooks / kernel.notebook, tmp / kernel.notebook)
-            datasets = [bundle, *models] if kernel.needs_models else [bundle]
-            write_json(tmp / KERNEL_METADATA, kernel_metadata(kernel, user, datasets))
+            write_json(tmp / KERNEL_METADATA, metadata[kernel])
         written.append(out / kernel_slug(kernel))
     return written
 

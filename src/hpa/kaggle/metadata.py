@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from hpa.errors import InputError
@@ -15,9 +18,51 @@ PLACEHOLDER_USER = "your-kaggle-username"
 SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{1,48}[a-z0-9]$")
 
 
+# The GPU a pushed notebook asks for (kernel-metadata.json's `machine_shape`, which the kaggle CLI
+# passes on unchecked). T4: Kaggle's torch (cu128, sm_75 and up) runs on it; the P100 (sm_60) it
+# cannot, and Kaggle has retired that shape anyway.
+DEFAULT_ACCELERATOR = "NvidiaTeslaT4"
+UNUSABLE_ACCELERATORS = {"nvidiateslap100": "a P100 (sm_60), which Kaggle's cu128 torch cannot run"}
+# `original`: every new version of a pushed notebook keeps the Docker image of its first version,
+# the image kaggle_image.txt and the bundle were checked against; a later image (another torch)
+# cannot break it. `latest` takes the current image: use it after updating kaggle_image.txt to it.
+DEFAULT_PINNING = "original"
+PINNINGS = ("original", "latest")
+
+
+def kaggle_config_file() -> Path:
+    """Where the kaggle CLI reads kaggle.json: $KAGGLE_CONFIG_DIR, ~/.kaggle, or on Linux
+    without that folder $XDG_CONFIG_HOME/kaggle (~/.config/kaggle)."""
+    if os.environ.get("KAGGLE_CONFIG_DIR"):
+        return Path(os.environ["KAGGLE_CONFIG_DIR"]) / "kaggle.json"
+    home = Path.home() / ".kaggle"
+    if sys.platform.startswith("linux") and not home.exists():
+        xdg = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+        return Path(xdg) / "kaggle" / "kaggle.json"
+    return home / "kaggle.json"
+
+
 def default_user() -> str:
-    """The Kaggle user names in metadata: $KAGGLE_USERNAME (as Kaggle's CLI reads it) or a placeholder."""
-    return os.environ.get("KAGGLE_USERNAME") or PLACEHOLDER_USER
+    """The Kaggle user in metadata: $KAGGLE_USERNAME, else kaggle.json's `username` (as Kaggle's
+    CLI reads them), else a placeholder."""
+    if os.environ.get("KAGGLE_USERNAME"):
+        return os.environ["KAGGLE_USERNAME"]
+    try:
+        user = json.loads(kaggle_config_file().read_text()).get("username")
+    except (OSError, ValueError, AttributeError):
+        user = None
+    return user if isinstance(user, str) and user else PLACEHOLDER_USER
+
+
+def check_accelerator(accelerator: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9]+", accelerator):
+        raise InputError(
+            f"--accelerator {accelerator!r}: use a Kaggle machine shape such as NvidiaTeslaT4"
+        )
+    why = UNUSABLE_ACCELERATORS.get(accelerator.lower())
+    if why:
+        raise InputError(f"--accelerator {accelerator} asks for {why}; use {DEFAULT_ACCELERATOR}")
+    return accelerator
 
 
 def check_slug(slug: str, what: str) -> str:
@@ -61,8 +106,17 @@ def kernel_slug(kernel: Kernel) -> str:
     return re.sub(r"[^a-z0-9]+", "-", kernel.title.lower()).strip("-")
 
 
-def kernel_metadata(kernel: Kernel, user: str, datasets: list[str]) -> dict[str, Any]:
+def kernel_metadata(
+    kernel: Kernel,
+    user: str,
+    datasets: list[str],
+    accelerator: str = DEFAULT_ACCELERATOR,
+    pinning: str = DEFAULT_PINNING,
+) -> dict[str, Any]:
     """Internet is off explicitly: code-competition submissions must run without it."""
+    if pinning not in PINNINGS:
+        raise InputError(f"--pinning {pinning!r}: use one of {', '.join(PINNINGS)}")
+    gpu = {"machine_shape": check_accelerator(accelerator)} if kernel.gpu else {}
     return {
         "id": f"{user}/{kernel_slug(kernel)}",
         "title": kernel.title,
@@ -72,7 +126,9 @@ def kernel_metadata(kernel: Kernel, user: str, datasets: list[str]) -> dict[str,
         "is_private": True,
         "enable_gpu": kernel.gpu,
         "enable_tpu": False,
+        **gpu,
         "enable_internet": False,
+        "docker_image_pinning_type": pinning,
         "dataset_sources": datasets,
         "competition_sources": [COMPETITION],
         "kernel_sources": [],
