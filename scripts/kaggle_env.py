@@ -1,14 +1,21 @@
-"""Build (once, then reuse) a Python 3.12 venv shaped like Kaggle's image; make throwaway copies.
+"""Build (once, then reuse) venvs shaped like Kaggle's image; make throwaway copies of them.
 
-    python scripts/kaggle_env.py base             # prints the cached base env's python
-    python scripts/kaggle_env.py overlay DEST     # prints DEST's python: a fresh env on top of it
+    python scripts/kaggle_env.py base [--image next]          # prints the cached base env's python
+    python scripts/kaggle_env.py overlay DEST [--image next]  # DEST's python: a fresh env on top
+    python scripts/kaggle_env.py requirements [--image next]  # the pinned list an image installs
 
-The base env holds exactly src/hpa/kaggle/kaggle_image.txt (torch 2.10 with its CUDA wheels:
-about 3 GB, several minutes on first build). It is cached under
-`${HPA_CACHE_DIR:-${XDG_CACHE_HOME:-~/.cache}/hpa}/kaggle-env-<hash of that list>` and never
-modified after it is built, so every test run starts from the same "fresh Kaggle notebook".
-An overlay is a small venv that sees the base's packages through a .pth file and takes new
-installs (the bundle) itself: the Kaggle image stays pristine and the overlay is thrown away.
+Two images:
+- `current` (default): Python 3.12 and exactly src/hpa/kaggle/kaggle_image.txt, today's image.
+- `next`: Python 3.13 and that list with NEXT_PINS in place of its lines: the image announced
+  next (torch 2.11, timm 1.0.27, OpenCV 5), so a range that would refuse it shows up now.
+
+Each base env (torch with its CUDA wheels: about 3 GB, several minutes on first build) is
+installed from wheels only (a package with no wheel for that Python fails the build by name) and
+cached under `${HPA_CACHE_DIR:-${XDG_CACHE_HOME:-~/.cache}/hpa}/kaggle-env-<image>-<hash of its
+list and interpreter>`; it is never modified after it is built, so every test run starts from the
+same "fresh Kaggle notebook". An overlay is a small venv that sees the base's packages through a
+.pth file and takes new installs (the bundle) itself: the base stays pristine, the overlay is
+thrown away.
 """
 
 from __future__ import annotations
@@ -23,12 +30,56 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE_LIST = ROOT / "src" / "hpa" / "kaggle" / "kaggle_image.txt"
-PYTHON_VERSION = "3.12"
 STAMP = ".hpa-kaggle-env-complete"
+REQUIREMENTS = "kaggle-image.txt"  # the list a base env was built from, kept inside it
+# Published as source only (antlr4 4.9.3, what hydra-core 1.3 pins): built into a pure wheel.
+SOURCE_ONLY = ("antlr4-python3-runtime",)
+
+# The next image (issue 10): Python 3.13, torch 2.11, timm 1.0.27, opencv 5.0.0.93. The rest
+# are not announced; these are the smallest moves that install on 3.13 from wheels: numpy 2.0.2
+# and pandas 2.2.2 have no cp313 wheels (numpy 2.4 is also what Kaggle's own layer has at times
+# pulled), and the three OpenCV builds move together.
+NEXT_PINS = {
+    "torch": "2.11.0",
+    "torchvision": "0.26.0",  # the torchvision release paired with torch 2.11
+    "timm": "1.0.27",
+    "opencv-python": "5.0.0.93",
+    "opencv-python-headless": "5.0.0.93",
+    "opencv-contrib-python": "5.0.0.93",
+    "numpy": "2.4.6",
+    "pandas": "2.2.3",
+}
+
+
+@dataclass(frozen=True)
+class Image:
+    name: str
+    python: str  # major.minor
+    python_var: str  # environment variable that may name the interpreter
+    pins: dict[str, str] = field(default_factory=dict)  # replaces kaggle_image.txt's lines
+
+    def requirements(self) -> str:
+        """kaggle_image.txt with this image's pins in place of its lines (comments kept)."""
+        lines, seen = [], set()
+        for line in IMAGE_LIST.read_text().splitlines():
+            name = line.split("#", 1)[0].split("==", 1)[0].strip().lower()
+            if name in self.pins:
+                seen.add(name)
+                line = f"{name}=={self.pins[name]}  # next image (scripts/kaggle_env.py)"
+            lines.append(line)
+        lines += [f"{n}=={v}  # next image" for n, v in self.pins.items() if n not in seen]
+        return "\n".join(lines) + "\n"
+
+
+IMAGES = {
+    "current": Image("current", "3.12", "KAGGLE_PYTHON"),
+    "next": Image("next", "3.13", "KAGGLE_NEXT_PYTHON", NEXT_PINS),
+}
 
 
 def cache_root() -> Path:
@@ -38,28 +89,28 @@ def cache_root() -> Path:
     return Path(xdg) / "hpa"
 
 
-def find_python() -> str:
-    """Kaggle's interpreter version: $KAGGLE_PYTHON, else pyenv's newest 3.12, else python3.12."""
-    if os.environ.get("KAGGLE_PYTHON"):
-        return os.environ["KAGGLE_PYTHON"]
+def find_python(version: str = "3.12", variable: str = "KAGGLE_PYTHON") -> str:
+    """The image's interpreter: $variable, else pyenv's newest `version`, else python`version`."""
+    if os.environ.get(variable):
+        return os.environ[variable]
     roots = [os.environ.get("PYENV_ROOT", ""), str(Path.home() / ".pyenv")]
     with contextlib.suppress(OSError):  # no pyenv on PATH
         pyenv = subprocess.run(["pyenv", "root"], capture_output=True, text=True)
         roots.insert(0, pyenv.stdout.strip())
     for root in filter(None, roots):
-        found = glob.glob(f"{root}/versions/{PYTHON_VERSION}.*/bin/python{PYTHON_VERSION}")
+        found = glob.glob(f"{root}/versions/{version}.*/bin/python{version}")
         if found:
             return max(found, key=lambda p: [int(x) for x in Path(p).parts[-3].split(".")])
-    exe = shutil.which(f"python{PYTHON_VERSION}")
+    exe = shutil.which(f"python{version}")
     if exe:
         return exe
     sys.exit(
-        f"error: no Python {PYTHON_VERSION} found; install one (`pyenv install {PYTHON_VERSION}`) "
-        "or point KAGGLE_PYTHON at it"
+        f"error: no Python {version} found; install one (`pyenv install {version}`) "
+        f"or point {variable} at it"
     )
 
 
-def env_key(python: str) -> str:
+def env_key(python: str, requirements: str) -> str:
     """Changes whenever the package list or the interpreter does, so a stale env is never reused."""
     version = subprocess.run(
         [python, "-c", "import platform; print(platform.python_version())"],
@@ -67,15 +118,16 @@ def env_key(python: str) -> str:
         text=True,
         check=True,
     ).stdout.strip()
-    return hashlib.sha256(IMAGE_LIST.read_bytes() + version.encode()).hexdigest()[:12]
+    return hashlib.sha256(requirements.encode() + version.encode()).hexdigest()[:12]
 
 
-def base_env() -> Path:
+def base_env(image: Image = IMAGES["current"]) -> Path:
     """The cached Kaggle-shaped venv, built on first use (under a lock, so parallel runs wait)."""
-    python = find_python()
+    python = find_python(image.python, image.python_var)
+    requirements = image.requirements()
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
-    env = root / f"kaggle-env-{env_key(python)}"
+    env = root / f"kaggle-env-{image.name}-{env_key(python, requirements)}"
     with open(root / f"{env.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (env / STAMP).exists():
@@ -84,22 +136,35 @@ def base_env() -> Path:
         shutil.rmtree(env, ignore_errors=True)  # a build that died half way
         start = time.monotonic()
         print(
-            f"kaggle env: building {env} from {IMAGE_LIST.name} (first time only)", file=sys.stderr
+            f"kaggle env: building {env} ({image.name} image, Python {image.python}; "
+            "first time only)",
+            file=sys.stderr,
         )
         # pip's chatter goes to stderr: stdout carries only the python path this script prints.
         subprocess.run([python, "-m", "venv", str(env)], check=True, stdout=sys.stderr)
+        listed = env / REQUIREMENTS
+        listed.write_text(requirements)
         pip = [str(env / "bin" / "python"), "-m", "pip"]
         subprocess.run([*pip, "install", "-q", "--upgrade", "pip"], check=True, stdout=sys.stderr)
-        subprocess.run([*pip, "install", "-r", str(IMAGE_LIST)], check=True, stdout=sys.stderr)
+        # Wheels only: a package with no wheel for this Python is named by pip, not compiled.
+        wheels_only = ["--only-binary=:all:", *(f"--no-binary={n}" for n in SOURCE_ONLY)]
+        install = [*pip, "install", *wheels_only, "-r", str(listed)]
+        if subprocess.run(install, stdout=sys.stderr).returncode != 0:
+            sys.exit(
+                f"error: the {image.name} image's list does not install on Python "
+                f"{image.python} (pip's reason above); see scripts/kaggle_env.py"
+            )
         (env / STAMP).write_text(f"built in {time.monotonic() - start:.0f} s\n")
         print(f"kaggle env: built in {time.monotonic() - start:.0f} s", file=sys.stderr)
-    prune_others(root, keep=env)
+    prune_others(root, keep=env, image=image)
     return env
 
 
-def prune_others(root: Path, keep: Path) -> None:
-    """Old envs (an earlier package list) are several GB each and never used again."""
-    for old in root.glob("kaggle-env-*"):
+def prune_others(root: Path, keep: Path, image: Image) -> None:
+    """Old envs of this image (an earlier package list) are several GB each and never used again;
+    so are those of the one-image layout before (kaggle-env-<hash>)."""
+    stale = [*root.glob(f"kaggle-env-{image.name}-*"), *root.glob("kaggle-env-" + "[0-9a-f]" * 12)]
+    for old in stale:
         if old.is_dir() and old != keep:
             shutil.rmtree(old, ignore_errors=True)
             (root / f"{old.name}.lock").unlink(missing_ok=True)
@@ -114,9 +179,9 @@ def site_packages(python: Path) -> str:
     ).stdout.strip()
 
 
-def overlay(dest: Path) -> Path:
+def overlay(dest: Path, image: Image = IMAGES["current"]) -> Path:
     """A fresh venv at `dest` that imports the base env's packages and installs into itself."""
-    base = base_env()
+    base = base_env(image)
     if dest.exists():
         shutil.rmtree(dest)
     subprocess.run(
@@ -135,16 +200,24 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("base", help="build or reuse the cached Kaggle-shaped env; print its python")
+    base = sub.add_parser(
+        "base", help="build or reuse the cached Kaggle-shaped env; print its python"
+    )
     over = sub.add_parser(
         "overlay", help="make a throwaway env on top of the base; print its python"
     )
     over.add_argument("dest", type=Path)
+    reqs = sub.add_parser("requirements", help="print the pinned list the image installs")
+    for command in (base, over, reqs):
+        command.add_argument("--image", choices=sorted(IMAGES), default="current")
     args = parser.parse_args()
+    image = IMAGES[args.image]
     if args.command == "base":
-        print(base_env() / "bin" / "python")
+        print(base_env(image) / "bin" / "python")
+    elif args.command == "overlay":
+        print(overlay(args.dest.resolve(), image))
     else:
-        print(overlay(args.dest.resolve()))
+        print(image.requirements(), end="")
 
 
 if __name__ == "__main__":

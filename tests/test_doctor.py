@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import types
+import zipfile
 from importlib import metadata
 from pathlib import Path
 
 import pytest
 
 from hpa import doctor
+from hpa import doctor_standalone as standalone
 from hpa.doctor import check_model, check_python, check_requirements, check_writable, run_checks
 
 _probe = doctor.check_imports
@@ -79,7 +83,8 @@ def test_json_report_is_machine_readable(capsys, tmp_path):
     failed = [c for c in report["checks"] if c["status"] == "FAIL"]
     assert [c["name"] for c in failed] == ["timm"]
     assert "0.9.16" in failed[0]["message"] and failed[0]["fix"]
-    assert {c["status"] for c in report["checks"]} <= {"OK", "WARN", "FAIL"}
+    assert {c["status"] for c in report["checks"]} <= {"OK", "INFO", "WARN", "FAIL"}
+    assert {"build", "kaggle", "drift"} <= set(report["image"])
 
 
 def test_requirements_come_from_the_installed_distribution():
@@ -287,8 +292,343 @@ def test_this_environment_has_no_overlapping_packages():
 
 
 def test_the_same_version_of_two_builds_only_warns(tmp_path):
-    # Kaggle's image has opencv-python and opencv-python-headless of one version side by side.
     fake_record(tmp_path, "opencv-python", "4.10.0.84", ["cv2/cv2.abi3.so"])
     fake_record(tmp_path, "opencv-python-headless", "4.10.0.84", ["cv2/cv2.abi3.so"])
     (check,) = doctor.check_overlaps([str(tmp_path)], needed={"opencv-python-headless"})
     assert check.status == "WARN"
+
+
+OPENCV_FILES = {  # as the three wheels lay out cv2/ (the contrib build is a superset)
+    "opencv-python": ["cv2/cv2.abi3.so", "cv2/config.py", "cv2/qt/plugins/libqxcb.so"],
+    "opencv-python-headless": ["cv2/cv2.abi3.so", "cv2/config.py"],
+    "opencv-contrib-python": [
+        "cv2/cv2.abi3.so",
+        "cv2/config.py",
+        "cv2/qt/plugins/libqxcb.so",
+        "cv2/contrib.py",
+    ],
+}
+
+
+def test_kaggles_three_opencv_builds_of_one_version_are_one_warning(tmp_path, capsys):
+    """Kaggle ships opencv-python, -headless and -contrib-python 4.13.0.92 side by side."""
+    for name, files in OPENCV_FILES.items():
+        fake_record(tmp_path, name, "4.13.0.92", files)
+    (check,) = doctor.check_overlaps([str(tmp_path)], needed={"opencv-python-headless"})
+    assert check.status == "WARN"
+    assert check.message.startswith(
+        "opencv-contrib-python 4.13.0.92, opencv-python 4.13.0.92 and opencv-python-headless "
+        "4.13.0.92 install the same 3 file(s)"
+    )
+    assert check.fix.startswith("one build over another of the same version: works as is")
+    assert doctor.check_duplicates([str(tmp_path)]) == []  # three names, not one twice
+
+
+def test_three_opencv_builds_of_two_versions_fail(tmp_path):
+    for name, files in OPENCV_FILES.items():
+        version = "5.0.0.93" if name == "opencv-python-headless" else "4.13.0.92"
+        fake_record(tmp_path, name, version, files)
+    (check,) = doctor.check_overlaps([str(tmp_path)], needed={"opencv-python-headless"})
+    assert check.status == "FAIL"
+    assert "opencv-python-headless 5.0.0.93" in check.message
+
+
+# --- the GPU's compute capability against the kernels torch was built with ---------------------
+
+
+class FakeProps:
+    def __init__(self, name: str, major: int, minor: int):
+        self.name, self.major, self.minor = name, major, minor
+        self.total_memory = 16 * 2**30
+        self.multi_processor_count = 56
+
+
+def standin_cuda_arch_problem() -> str | None:
+    """What hpa.gpu.cuda_arch_problem promises, used while that module has not landed."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    arches = set(torch.cuda.get_arch_list())
+    for i in range(torch.cuda.device_count()):
+        major, minor = torch.cuda.get_device_capability(i)
+        if f"sm_{major}{minor}" not in arches:
+            name = torch.cuda.get_device_name(i)
+            built = " ".join(sorted(arches))
+            return f"GPU {i} {name} has compute capability {major}.{minor}; this torch has kernels for {built} only"
+    return None
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """A visible GPU of the capability asked, on a CPU-only host; hpa.gpu as it is, or its
+    stand-in while it has not landed."""
+    import torch
+
+    def install(name: str, major: int, minor: int) -> None:
+        props = FakeProps(name, major, minor)
+        cuda = torch.cuda
+        monkeypatch.setattr(cuda, "is_available", lambda: True)
+        monkeypatch.setattr(cuda, "device_count", lambda: 1)
+        monkeypatch.setattr(cuda, "current_device", lambda: 0)
+        monkeypatch.setattr(cuda, "get_device_properties", lambda i=0: props)
+        monkeypatch.setattr(cuda, "get_device_capability", lambda i=0: (major, minor))
+        monkeypatch.setattr(cuda, "get_device_name", lambda i=0: name)
+        monkeypatch.setattr(cuda, "get_arch_list", lambda: ["sm_75", "sm_80", "sm_86", "sm_90"])
+        monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 91000)
+        monkeypatch.setattr(torch.version, "cuda", "12.8")
+        try:
+            import hpa.gpu  # noqa: F401  (the real check, once it is part of hpa)
+        except ModuleNotFoundError:
+            module = types.ModuleType("hpa.gpu")
+            module.cuda_arch_problem = standin_cuda_arch_problem
+            monkeypatch.setitem(sys.modules, "hpa.gpu", module)
+
+    return install
+
+
+def test_a_gpu_torch_has_no_kernels_for_fails_naming_the_fix(fake_gpu):
+    fake_gpu("Tesla P100-PCIE-16GB", 6, 0)  # what `enable_gpu: true` alone gets on Kaggle
+    checks = doctor.check_gpu()
+    failed = [c for c in checks if c.status == "FAIL"]
+    assert [c.name for c in failed] == ["gpu:arch"]
+    line = failed[0].line()
+    assert "P100" in line and ("6.0" in line or "sm_60" in line)
+    assert "T4" in line and "L4" in line
+
+
+def test_a_gpu_torch_supports_passes(fake_gpu):
+    fake_gpu("Tesla T4", 7, 5)
+    checks = doctor.check_gpu()
+    assert {c.name: c.status for c in checks}["gpu:arch"] == "OK"
+    assert not [c for c in checks if c.status == "FAIL"]
+
+
+def test_arch_check_is_skipped_without_hpa_gpu_and_survives_its_errors(monkeypatch):
+    monkeypatch.setitem(sys.modules, "hpa.gpu", None)  # import hpa.gpu -> ModuleNotFoundError
+    assert doctor.check_gpu_arch() == []
+    broken = types.ModuleType("hpa.gpu")
+
+    def raises():
+        raise RuntimeError("CUDA driver version is insufficient")
+
+    broken.cuda_arch_problem = raises
+    monkeypatch.setitem(sys.modules, "hpa.gpu", broken)
+    (check,) = doctor.check_gpu_arch()
+    assert check.status == "WARN" and "CUDA driver version is insufficient" in check.message
+
+
+# --- the image's build, and what drifted from kaggle_image.txt ----------------------------------
+
+
+def fake_image_root(
+    root: Path, build_date: str = "20260520-101500", commit: str = "0a1b2c3"
+) -> Path:
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "build_date").write_text(build_date + "\n")
+    (root / "etc" / "git_commit").write_text(commit + "\n")
+    return root
+
+
+def test_image_build_is_read_from_the_files_kaggles_dockerfile_writes(tmp_path):
+    root = fake_image_root(tmp_path / "img")
+    env = {"COLAB_RELEASE_TAG": "release-colab-external-images_20260514-060047_RC00"}
+    build = standalone.image_build(env, root)
+    assert build["build_date"] == "20260520-101500" and build["git_commit"] == "0a1b2c3"
+    assert build["colab"].endswith("20260514-060047_RC00")
+    assert str(root / "etc" / "build_date") in build["source"]
+    assert standalone.on_kaggle(env, root)
+    # The Dockerfile's ARG default and an image that records nothing.
+    unknown = fake_image_root(tmp_path / "unknown", "unknown", "unknown")
+    assert standalone.image_build({}, unknown) == {}
+    assert standalone.image_build({}, tmp_path / "bare") == {}
+    assert not standalone.on_kaggle({}, tmp_path / "bare")
+    # Environment variables are a fallback, but not proof of Kaggle (CI sets GIT_COMMIT too).
+    from_env = standalone.image_build({"BUILD_DATE": "20260601-000000"}, tmp_path / "bare")
+    assert from_env == {"build_date": "20260601-000000", "source": "$BUILD_DATE"}
+    assert not standalone.on_kaggle({"GIT_COMMIT": "abc"}, tmp_path / "bare")
+    assert standalone.on_kaggle({"KAGGLE_KERNEL_RUN_TYPE": "Batch"}, tmp_path / "bare")
+
+
+IMAGE = "torch==2.10.0  # Colab\nnumpy==2.0.2\nopencv-python==4.13.0.92\n"
+RUNNING = {"torch": "2.10.0", "numpy": "2.4.1", "opencv-python": None}
+
+
+def test_drift_on_a_kaggle_image_is_a_warning_per_package(tmp_path):
+    root = fake_image_root(tmp_path)
+    checks, info = standalone.image_checks(IMAGE, RUNNING.get, {}, root)
+    assert info["drift"] == [
+        {"package": "numpy", "expected": "2.0.2", "found": "2.4.1"},
+        {"package": "opencv-python", "expected": "4.13.0.92", "found": None},
+    ]
+    assert [(c.status, c.name) for c in checks] == [
+        ("INFO", "image"),
+        ("WARN", "image:numpy"),
+        ("WARN", "image:opencv-python"),
+    ]
+    assert "build 20260520-101500, docker-python commit 0a1b2c3" in checks[0].message
+    assert checks[1].message == "numpy 2.4.1 here, kaggle_image.txt has 2.0.2"
+    assert checks[2].message.startswith("opencv-python not installed here")
+
+
+def test_drift_elsewhere_is_one_info_line_and_none_is_ok(tmp_path):
+    checks, _ = standalone.image_checks(IMAGE, RUNNING.get, {}, tmp_path)
+    assert [c.status for c in checks] == ["INFO", "INFO"]
+    assert "2 of 3 packages differ" in checks[1].message
+    assert "numpy 2.0.2->2.4.1" in checks[1].message
+    same = {"torch": "2.10.0", "numpy": "2.0.2", "opencv-python": "4.13.0.92"}
+    checks, _ = standalone.image_checks(IMAGE, same.get, {}, tmp_path)
+    assert checks[1].status == "OK"
+
+
+def test_drift_never_fails_the_doctor(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("HPA_IMAGE_ROOT", str(fake_image_root(tmp_path / "img")))
+    code = doctor.main(["--json", "--output", str(tmp_path)], version_of=planted(scipy="1.17.0"))
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["ok"] is True
+    assert report["image"]["kaggle"] is True
+    assert {"package": "scipy", "expected": "1.16.3", "found": "1.17.0"} in report["image"]["drift"]
+    warned = {c["name"] for c in report["checks"] if c["status"] == "WARN"}
+    assert "image:scipy" in warned
+
+
+# --- the standalone doctor: why pip could not install hpa, without hpa ---------------------------
+
+
+def write_wheel(
+    folder: Path,
+    filename: str,
+    requires: list[str],
+    files: dict | None = None,
+    requires_python: str | None = None,
+) -> Path:
+    name, version = filename.split("-")[:2]
+    meta = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+    if requires_python:
+        meta += f"Requires-Python: {requires_python}\n"
+    meta += "".join(f"Requires-Dist: {r}\n" for r in requires)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / filename
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(f"{name}-{version}.dist-info/METADATA", meta)
+        for arcname, text in (files or {}).items():
+            zf.writestr(arcname, text)
+    return path
+
+
+@pytest.fixture
+def broken_bundle(tmp_path) -> Path:
+    """A bundle whose hpa needs what this environment cannot give it, as a notebook meets it
+    after Kaggle's image moved: hpa_doctor.py beside the wheels."""
+    bundle = tmp_path / "hpa-bundle"
+    image = "numpy==0.9.0\npackaging==" + metadata.version("packaging") + "\n"
+    write_wheel(
+        bundle,
+        "hpa-0.1.0-py3-none-any.whl",
+        [
+            "numpy>=0.5,<1.0",  # the image's numpy is newer than this hpa accepts
+            "packaging>=20",
+            "hpa-test-supplied>=1",  # in the bundle: fine
+            "hpa-test-absent>=2",  # nowhere
+            "hpa-test-foreign>=1",  # in the bundle, for another Python
+            "pip>=9999",  # installed too old; the bundle has a newer one: pip would replace it
+            'hpa-test-extra-only>=1; extra == "docs"',
+        ],
+        {"hpa/kaggle/kaggle_image.txt": image},
+        requires_python=">=3.8",
+    )
+    # Its dependencies are followed too (and a cycle back to it ends).
+    write_wheel(
+        bundle, "hpa_test_supplied-1.5-py3-none-any.whl", ["hpa-test-deep>=5", "hpa-test-supplied"]
+    )
+    write_wheel(bundle, "hpa_test_foreign-1.0-cp27-cp27mu-manylinux1_x86_64.whl", [])
+    write_wheel(bundle, "pip-9999.0-py3-none-any.whl", [])
+    shutil.copy(Path(standalone.__file__), bundle / "hpa_doctor.py")
+    return bundle
+
+
+def run_without_hpa(script: Path, *args: str) -> subprocess.CompletedProcess:
+    """`python script args` where neither hpa nor the packaging distribution can be imported."""
+    block = (
+        "import runpy, sys; sys.modules['hpa'] = None; sys.modules['packaging'] = None; "
+        "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", block, str(script), *args], capture_output=True, text=True
+    )
+
+
+def test_standalone_doctor_names_package_found_version_and_range(broken_bundle):
+    done = run_without_hpa(broken_bundle / "hpa_doctor.py")  # --bundle defaults to its folder
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    numpy = metadata.version("numpy")
+    failed = [line for line in lines if line.startswith("FAIL")]
+    assert failed[0].startswith(
+        f"FAIL numpy {numpy} installed, hpa needs >=0.5,<1.0; the bundle has no numpy wheel: "
+    )
+    assert "FAIL hpa-test-absent is not installed, hpa needs >=2; the bundle has no " in done.stdout
+    assert "FAIL hpa-test-deep is not installed, hpa-test-supplied needs >=5;" in done.stdout
+    assert any(
+        line.startswith(
+            "FAIL hpa-test-foreign is not installed, hpa needs >=1; the bundle's "
+            "hpa_test_foreign-1.0-cp27-cp27mu-manylinux1_x86_64.whl is not for CPython"
+        )
+        for line in failed
+    )
+    assert len(failed) == 4
+    assert (
+        "OK   hpa-test-supplied from the bundle: hpa_test_supplied-1.5-py3-none-any.whl "
+        "(hpa needs >=1)\n"
+    ) in done.stdout
+    assert any(line.startswith("OK   packaging ") for line in lines)
+    assert (
+        f"WARN pip {metadata.version('pip')} installed, hpa needs >=9999: pip replaces it with "
+        "the bundle's pip-9999.0-py3-none-any.whl: restart the kernel after the install"
+    ) in lines
+    assert "extra-only" not in done.stdout
+    # The image the wheel was built against, and what differs from it here.
+    assert f"numpy 0.9.0->{numpy}" in done.stdout
+    assert (
+        lines[-1]
+        == "hpa_doctor: 4 problem(s): fix the FAIL lines above (hpa-0.1.0-py3-none-any.whl)"
+    )
+
+
+def test_standalone_doctor_json_and_a_bundle_without_hpa(broken_bundle, tmp_path):
+    done = run_without_hpa(broken_bundle / "hpa_doctor.py", "--json")
+    report = json.loads(done.stdout)
+    assert report["ok"] is False and report["wheel"] == "hpa-0.1.0-py3-none-any.whl"
+    found = {c["name"]: c["status"] for c in report["checks"]}
+    assert found["numpy"] == "FAIL" and found["hpa-test-supplied"] == "OK"
+    assert report["image"]["drift"][0]["package"] == "numpy"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    done = run_without_hpa(broken_bundle / "hpa_doctor.py", "--bundle", str(empty))
+    assert done.returncode == 2
+    assert (
+        done.stderr.strip()
+        == f"error: no hpa-*.whl in {empty}: pass --bundle with the bundle folder"
+    )
+
+
+def test_standalone_doctor_fails_a_python_the_wheel_excludes():
+    check = standalone.check_python_for(">=3.10,<3.13", "hpa-0.1.0-py3-none-any.whl", "3.13.0")
+    assert check.status == "FAIL"
+    assert check.message.startswith("Python 3.13.0 (")
+    assert check.message.endswith("hpa-0.1.0-py3-none-any.whl needs >=3.10,<3.13")
+    assert standalone.check_python_for(">=3.10,<3.14", "hpa.whl", "3.13.0").status == "OK"
+
+
+def test_standalone_doctor_passes_for_this_projects_own_wheel(tmp_path):
+    """hpa's real wheel, requirements and image list, against this environment (which has
+    everything hpa needs): no FAIL, and the drift lines never fail it."""
+    from hpa.kaggle.wheels import build_hpa_wheel, project_root
+
+    bundle = tmp_path / "bundle"
+    build_hpa_wheel(project_root(), bundle)
+    shutil.copy(Path(standalone.__file__), bundle / "hpa_doctor.py")
+    done = run_without_hpa(bundle / "hpa_doctor.py")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "OK   hydra-core " in done.stdout
+    assert done.stdout.splitlines()[-1].startswith("hpa_doctor: hpa installs here (hpa-")

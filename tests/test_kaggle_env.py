@@ -1,19 +1,24 @@
 """The Kaggle-shaped environment test (make test-kaggle): what a Kaggle notebook would do.
 
-A Python 3.12 env holding exactly src/hpa/kaggle/kaggle_image.txt (built once by
-scripts/kaggle_env.py, then reused from the cache) gets the bundle installed with no index and
-no pip configuration, so anything missing from the bundle fails the install. Then the doctor
-runs there, and the Kaggle notebooks are executed there with papermill: kaggle_train on a tiny
-synthetic set, kaggle_inference with the model it exported, to a checked submission.
+Two images, each a cached env built by scripts/kaggle_env.py: `current` (Python 3.12 and exactly
+src/hpa/kaggle/kaggle_image.txt) and `next` (Python 3.13, torch 2.11, timm 1.0.27, OpenCV 5:
+the image Kaggle announced). In each, the bundle is installed with no index and no pip
+configuration, so anything missing from the bundle fails the install. Then the doctor runs
+there (and the standalone doctor, as a notebook runs it when pip fails), and the Kaggle
+notebooks are executed there with papermill: kaggle_train on a tiny synthetic set,
+kaggle_inference with the model it exported, to a checked submission.
+`make test-kaggle` tests both; `make test-kaggle KAGGLE_IMAGES=next` one; a plain pytest run
+(CI's `make test`) only `current`, as before the next image was added.
 
-The first run downloads about 3 GB (torch 2.10 and its CUDA wheels) and takes several minutes;
-the bundle's dependencies come from the package index on every run.
+The first run downloads about 3 GB per image (torch and its CUDA wheels) and takes several
+minutes; the bundle's dependencies come from the package index on every run.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +34,10 @@ pytestmark = [pytest.mark.kaggle_env, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNEL = "hpa-kaggle"
+# Which images to test: `make test-kaggle` asks for both; a plain `pytest` (CI's `make test`)
+# keeps to today's image, as before the next one was added.
+IMAGES = tuple(os.environ.get("HPA_KAGGLE_IMAGES", "current").split())
+STANDALONE = ROOT / "src" / "hpa" / "doctor_standalone.py"
 
 
 def kaggle_vars(python: Path) -> dict[str, str]:
@@ -57,15 +66,28 @@ def run(python: Path, *args: str, cwd: Path, check: bool = True) -> subprocess.C
     return done
 
 
-def new_env(dest: Path) -> Path:
-    """A throwaway env over the cached Kaggle image (built on first use: several minutes)."""
+def kaggle_env(*args: str) -> str:
     done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "kaggle_env.py"), "overlay", str(dest)],
+        [sys.executable, str(ROOT / "scripts" / "kaggle_env.py"), *args],
         capture_output=True,
         text=True,
     )
     assert done.returncode == 0, done.stderr[-4000:]
-    return Path(done.stdout.strip().splitlines()[-1])
+    return done.stdout
+
+
+def new_env(dest: Path, image: str) -> Path:
+    """A throwaway env over the cached Kaggle image (built on first use: several minutes)."""
+    return Path(kaggle_env("overlay", str(dest), "--image", image).strip().splitlines()[-1])
+
+
+def pinned(image: str, package: str) -> str:
+    """The version of `package` the image's env was built with."""
+    for line in kaggle_env("requirements", "--image", image).splitlines():
+        name, _, version = line.split("#", 1)[0].strip().partition("==")
+        if name == package:
+            return version
+    raise AssertionError(f"{package} is not in the {image} image's list")
 
 
 def own_dists(python: Path) -> set[str]:
@@ -79,6 +101,16 @@ def own_dists(python: Path) -> set[str]:
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("kaggle")
+
+
+@pytest.fixture(scope="module", params=IMAGES)
+def image(request, work) -> str:
+    (work / request.param).mkdir(exist_ok=True)
+    return request.param
+
+
+def torch_minor(image: str) -> str:
+    return ".".join(pinned(image, "torch").split(".")[:2])
 
 
 @pytest.fixture(scope="module")
@@ -96,9 +128,9 @@ def bundle(work) -> Path:
 
 
 @pytest.fixture(scope="module")
-def kaggle(work, bundle) -> Path:
+def kaggle(work, bundle, image) -> Path:
     """The Kaggle env with the bundle installed offline and a kernel registered for papermill."""
-    python = new_env(work / "env")
+    python = new_env(work / image / "env", image)
     run(python, "-m", "pip", "install", "--no-index", "--find-links", str(bundle), "hpa", cwd=work)
     prefix = str(python.parents[1])
     run(python, *["-m", "ipykernel", "install", "--prefix", prefix, "--name", KERNEL], cwd=work)
@@ -122,15 +154,61 @@ def test_offline_install_takes_only_what_kaggle_lacks_from_the_bundle(kaggle, bu
     assert {"hydra_core", "iterative_stratification"} <= installed
 
 
-def test_doctor_passes_in_the_kaggle_env(kaggle, work):
+def test_doctor_passes_in_the_kaggle_env(kaggle, work, image):
     done = run(kaggle, "-m", "hpa.doctor", "--output", str(work), cwd=work, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "FAIL" not in done.stdout
-    assert "OK   torch 2.10" in done.stdout
+    assert f"OK   torch {torch_minor(image)}" in done.stdout
+    # Kaggle's three OpenCV builds of one version: one warning, not a failure.
+    cv = pinned(image, "opencv-python")
+    assert (
+        f"WARN opencv-contrib-python {cv}, opencv-python {cv} and opencv-python-headless {cv} "
+        "install the same"
+    ) in done.stdout
 
 
-def test_doctor_names_what_a_bare_kaggle_env_lacks(work, bundle):
-    python = new_env(work / "bare")
+def test_standalone_doctor_explains_a_failed_offline_install(work, bundle, image):
+    """pip fails (a wheel is missing from the bundle): hpa_doctor.py, run with the notebook's
+    Python and no hpa, names the package, what is installed and the range hpa needs."""
+    broken = work / image / "broken-bundle"
+    broken.mkdir()
+    for wheel in bundle.glob("*.whl"):
+        if not wheel.name.startswith("hydra_core-"):
+            shutil.copy(wheel, broken)
+    doctor = bundle / "hpa_doctor.py"
+    shutil.copy(doctor if doctor.exists() else STANDALONE, broken / "hpa_doctor.py")
+    python = new_env(work / image / "failed", image)
+    pip = run(
+        python,
+        "-m",
+        "pip",
+        "install",
+        "--no-index",
+        "--find-links",
+        str(broken),
+        "hpa",
+        cwd=work,
+        check=False,
+    )
+    assert pip.returncode != 0
+    done = run(python, str(broken / "hpa_doctor.py"), cwd=work, check=False)
+    assert done.returncode == 1, done.stdout + done.stderr
+    failed = [line for line in done.stdout.splitlines() if line.startswith("FAIL")]
+    assert len(failed) == 1, done.stdout
+    assert failed[0].startswith(
+        "FAIL hydra-core is not installed, hpa needs >=1.3.2,<1.4; the bundle has no hydra-core wheel"
+    )
+    # With the whole bundle it predicts what pip then does: hpa installs.
+    whole = work / image / "whole-bundle"
+    shutil.copytree(broken, whole)
+    shutil.copy(bundle / next(w.name for w in bundle.glob("hydra_core-*.whl")), whole)
+    done = run(python, str(whole / "hpa_doctor.py"), cwd=work, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "FAIL" not in done.stdout
+
+
+def test_doctor_names_what_a_bare_kaggle_env_lacks(work, bundle, image):
+    python = new_env(work / image / "bare", image)
     pip_install = ["-m", "pip", "install", "--no-index", "--find-links", str(bundle)]
     run(python, *pip_install, "--no-deps", "hpa", cwd=work)  # hpa alone, as if pip were misused
     doctor = ["-m", "hpa.doctor", "--bundle", str(bundle), "--output", str(work)]
@@ -142,13 +220,14 @@ def test_doctor_names_what_a_bare_kaggle_env_lacks(work, bundle):
 
 
 @pytest.fixture(scope="module")
-def model_dataset(kaggle, work) -> Path:
+def model_dataset(kaggle, work, image) -> Path:
     """kaggle_train.ipynb, run in the Kaggle env on a tiny synthetic set."""
     synthetic = ["-m", "hpa.synthetic", "n_images=60", "image_size=64", "seed=0"]
+    work = work / image
     run(kaggle, *synthetic, f"out={work / 'data'}", cwd=work)
     out = work / "hpa-model"
     params = {
-        "BUNDLE_DIR": str(work / "bundle"),
+        "BUNDLE_DIR": str(work.parent / "bundle"),
         "DATA_DIR": str(work / "data"),
         "OUTPUT_DIR": str(work / "run"),
         "MODEL_DATASET_DIR": str(out),
@@ -165,23 +244,25 @@ def model_dataset(kaggle, work) -> Path:
     return out
 
 
-def test_train_notebook_exports_a_model_dataset(model_dataset):
+def test_train_notebook_exports_a_model_dataset(model_dataset, image):
     assert sorted(p.name for p in model_dataset.iterdir()) == [
         "config.json",
         "dataset-metadata.json",
         "model.safetensors",
     ]
     config = json.loads((model_dataset / "config.json").read_text())
-    assert config["versions"]["torch"].startswith("2.10")
+    assert config["versions"]["torch"].startswith(torch_minor(image))
 
 
-def test_inference_notebook_writes_a_valid_submission(kaggle, model_dataset, work):
+def test_inference_notebook_writes_a_valid_submission(kaggle, model_dataset, work, image):
+    bundle = work / "bundle"
+    work = work / image
     synthetic = ["-m", "hpa.synthetic", "n_images=3", "image_size=256", "split=test", "seed=5"]
     run(kaggle, *synthetic, f"out={work / 'test'}", cwd=work)
     submission = work / "out" / "submission.csv"
     submission.parent.mkdir()
     params = {
-        "BUNDLE_DIR": str(work / "bundle"),
+        "BUNDLE_DIR": str(bundle),
         "MODEL_DIRS": [str(model_dataset)],
         "INPUT_DIR": str(work / "test" / "test"),
         "SAMPLE_SUBMISSION": str(work / "test" / "sample_submission.csv"),

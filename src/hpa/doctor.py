@@ -1,9 +1,14 @@
 """python -m hpa.doctor [--json] [--model DIR]... [--output DIR]... [--bundle DIR]
 
 Checks the running environment against what hpa needs, one line per check:
-`OK`, `WARN` or `FAIL`, what was found, and after a colon the fix. Exit status 1 on any FAIL.
-Requirements come from the installed hpa's own metadata (pyproject's dependencies), so this
-never drifts from what the wheel declares.
+`OK`, `INFO`, `WARN` or `FAIL`, what was found, and after a colon the fix. Exit status 1 on any
+FAIL. Requirements come from the installed hpa's own metadata (pyproject's dependencies), so this
+never drifts from what the wheel declares. Also reported, never failing by themselves: the
+running image's build (where Kaggle's image records it) and every installed version that differs
+from src/hpa/kaggle/kaggle_image.txt.
+
+When hpa is not installed at all (pip failed), hpa/doctor_standalone.py (shipped in the bundle
+as hpa_doctor.py) says why, package by package, without importing hpa.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 
@@ -25,7 +30,9 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
+from hpa.doctor_standalone import Check, image_checks, installed_version, spec_text
 from hpa.errors import InputError, exit_on_input_error
+from hpa.kaggle.image import image_text
 
 # Native-heavy modules whose import is tried in a child process first: a broken install of one
 # (a half-overwritten shared library, a wheel built for another CPU) kills Python outright, and
@@ -43,26 +50,16 @@ IMPORT_PROBES = (
 # Versions that decide whether an exported model's weights load and mean the same thing.
 WEIGHT_PACKAGES = ("torch", "timm")
 
+# A GPU whose compute capability this torch has no kernels for (Kaggle's P100, sm_60, under a
+# cu128 torch) fails at the first CUDA op; on Kaggle the cure is another accelerator. Pushed
+# with the CLI, `enable_gpu: true` alone gets a P100; `machine_shape: "NvidiaTeslaT4"` in
+# kernel-metadata.json (or `kaggle kernels push --accelerator NvidiaTeslaT4`) gets T4s.
+GPU_ARCH_FIX = (
+    "on Kaggle pick GPU T4 x2 or L4 in the notebook's Settings > Accelerator (pushed with the "
+    'CLI: "machine_shape": "NvidiaTeslaT4" in kernel-metadata.json)'
+)
+
 VersionOf = Callable[[str], "str | None"]
-
-
-@dataclass
-class Check:
-    status: str  # OK | WARN | FAIL
-    name: str
-    message: str
-    fix: str = ""
-
-    def line(self) -> str:
-        text = f"{self.status:<4} {self.message}"
-        return f"{text}: {self.fix}" if self.fix else text
-
-
-def installed_version(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def hpa_requirements() -> tuple[list[str], str | None]:
@@ -71,11 +68,6 @@ def hpa_requirements() -> tuple[list[str], str | None]:
         return metadata.requires("hpa") or [], metadata.metadata("hpa")["Requires-Python"]
     except metadata.PackageNotFoundError:
         return [], None
-
-
-def spec_text(specifier: SpecifierSet) -> str:
-    """`>=2.0,<3` (lower bound first, as people write it) rather than packaging's sorted order."""
-    return ",".join(sorted((str(s) for s in specifier), key=lambda s: (not s.startswith(">"), s)))
 
 
 def install_fix(spec: str, bundle: str | None) -> str:
@@ -200,9 +192,10 @@ def check_overlaps(paths: list[str] | None = None, needed: set[str] | None = Non
 
     opencv-python beside opencv-python-headless both write cv2/: the one installed last
     overwrote part of the other. Of two versions that makes a mix (FAIL); of one version it is
-    one build over another (WARN: Kaggle's image ships both opencv packages like that). Reported
-    when one of them is in `needed` (hpa's dependency closure; all when None). `__init__.py`
-    files are skipped: namespace packages legitimately share them.
+    one build over another (WARN: Kaggle's image ships opencv-python, opencv-python-headless and
+    opencv-contrib-python of one version side by side). Packages linked by shared files make one
+    line (one group), reported when one of them is in `needed` (hpa's dependency closure; all
+    when None). `__init__.py` files are skipped: namespace packages legitimately share them.
     """
     owners: dict[tuple[str, str], set[tuple[str, str]]] = {}
     for name, version, folder, dist in _installed(paths):
@@ -213,24 +206,39 @@ def check_overlaps(paths: list[str] | None = None, needed: set[str] | None = Non
                 continue
             if text.endswith((".py", ".so", ".pyd")) or ".so." in text:
                 owners.setdefault((folder, text), set()).add(who)
-    pairs: dict[tuple[tuple[str, str], ...], tuple[str, int]] = {}
-    for (folder, text), who in owners.items():
-        if len(who) > 1 and (needed is None or needed & {n for n, _ in who}):
-            key = tuple(sorted(who))
-            example, count = pairs.get(key, (f"{folder}/{text}", 0))
-            pairs[key] = (example, count + 1)
+    groups: list[tuple[set[tuple[str, str]], list[str]]] = []  # (packages, shared files)
+    for (folder, text), who in sorted(owners.items()):
+        if len(who) < 2:
+            continue
+        joined = [g for g in groups if g[0] & who]
+        members, files = set(who), [f"{folder}/{text}"]
+        for group in joined:
+            members |= group[0]
+            files += group[1]
+            groups.remove(group)
+        groups.append((members, files))
     checks = []
-    for key, (example, count) in sorted(pairs.items()):
+    for members, files in sorted(groups, key=lambda g: sorted(g[0])):
+        key = sorted(members)
         names = [n for n, _ in key]
-        listed = " and ".join(f"{n} {v}" for n, v in key)
-        text = f"{listed} install the same {count} file(s) (e.g. {example})"
+        if needed is not None and not needed & set(names):
+            continue
+        listed = _and(f"{n} {v}" for n, v in key)
+        text = f"{listed} install the same {len(files)} file(s) (e.g. {min(files)})"
         keep = next((n for n in names if needed and n in needed), names[0])
-        fix = f"pip uninstall -y {' '.join(names)}, then pip install {keep}"
-        status = "WARN" if len({v for _, v in key}) == 1 else "FAIL"
-        if status == "FAIL":
-            fix = f"one overwrote the other, a mix of two versions: {fix}"
-        checks.append(Check(status, f"overlap:{'+'.join(names)}", text, fix))
+        tidy = f"pip uninstall -y {' '.join(names)}, then pip install {keep}"
+        if len({v for _, v in key}) == 1:
+            fix = f"one build over another of the same version: works as is (to tidy up: {tidy})"
+            checks.append(Check("WARN", f"overlap:{'+'.join(names)}", text, fix))
+        else:
+            fix = f"one overwrote the other, a mix of versions: {tidy}"
+            checks.append(Check("FAIL", f"overlap:{'+'.join(names)}", text, fix))
     return checks
+
+
+def _and(items: Iterable[str]) -> str:
+    items = list(items)
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
 _PROBE = """
@@ -320,9 +328,13 @@ def check_gpu() -> list[Check]:
     built = torch.version.cuda or "none (CPU-only build)"
     if not torch.cuda.is_available():
         text = f"no CUDA GPU visible (torch {torch.__version__}, CUDA build {built})"
-        fix = "on Kaggle, Settings > Accelerator > GPU; without one everything runs on the CPU"
+        fix = (
+            "on Kaggle, Settings > Accelerator > GPU T4 x2 or L4; without one everything runs on "
+            "the CPU"
+        )
         return [Check("WARN", "gpu", text, fix)]
     checks = [Check("OK", "cuda", f"CUDA {built}, cuDNN {torch.backends.cudnn.version()}")]
+    checks += check_gpu_arch()
     for i in range(torch.cuda.device_count()):
         props = torch.cuda.get_device_properties(i)
         text = f"GPU {i}: {props.name}, {props.total_memory / 2**30:.1f} GiB"
@@ -333,6 +345,29 @@ def check_gpu() -> list[Check]:
         fix = "train with trainer.precision=16-mixed (trainer=gpu defaults to bf16-mixed)"
         checks.append(Check("WARN", f"gpu{i}", text, fix))
     return checks
+
+
+def check_gpu_arch() -> list[Check]:
+    """Every visible GPU's compute capability against torch.cuda.get_arch_list(), through
+    hpa.gpu.cuda_arch_problem() (None: fine or no GPU; else one line naming the GPU, its
+    capability and the fix). Skipped while hpa.gpu is not part of the installed hpa."""
+    try:
+        from hpa.gpu import cuda_arch_problem
+    except ModuleNotFoundError as err:
+        if err.name in ("hpa.gpu", "hpa"):
+            return []
+        return [Check("WARN", "gpu:arch", f"GPU kernel check unavailable ({err})")]
+    except ImportError as err:
+        return [Check("WARN", "gpu:arch", f"GPU kernel check unavailable ({err})")]
+    try:
+        problem = cuda_arch_problem()
+    except Exception as err:  # a driver error must not end the doctor
+        text = f"could not compare the GPUs with torch's kernels ({type(err).__name__}: {err})"
+        return [Check("WARN", "gpu:arch", text)]
+    if problem is None:
+        return [Check("OK", "gpu:arch", "torch has kernels for every visible GPU")]
+    named = any(gpu in problem for gpu in ("T4", "L4"))
+    return [Check("FAIL", "gpu:arch", problem.strip(), "" if named else GPU_ARCH_FIX)]
 
 
 def model_versions(model_dir: Path) -> dict[str, str]:
@@ -407,13 +442,19 @@ def run_checks(
     bundle: str | None = None,
     version_of: VersionOf = installed_version,
     requirements: tuple[list[str], str | None] | None = None,
+    report: dict | None = None,
 ) -> list[Check]:
-    """Every check, in report order; `version_of` and `requirements` are injectable for tests."""
+    """Every check, in report order; `version_of` and `requirements` are injectable for tests.
+    `report`, when given, receives the image's build and drift as data (for --json)."""
     requires, requires_python = requirements if requirements is not None else hpa_requirements()
     needed = dependency_closure()
+    image, image_info = image_checks(image_text(), version_of)
+    if report is not None:
+        report["image"] = image_info
     checks = [
         check_python(requires_python),
         check_system(),
+        *image,
         *check_duplicates(needed=needed),
         *check_overlaps(needed=needed),
     ]
@@ -442,13 +483,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 @exit_on_input_error
 def main(argv: list[str] | None = None, version_of: VersionOf = installed_version) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    checks = run_checks(args.model, args.output, args.bundle, version_of)
+    extra: dict = {}
+    checks = run_checks(args.model, args.output, args.bundle, version_of, report=extra)
     failed = [c for c in checks if c.status == "FAIL"]
     if args.json:
         report = {
             "ok": not failed,
             "python": sys.executable,
             "platform": platform.platform(),
+            **extra,
             "checks": [asdict(c) for c in checks],
         }
         print(json.dumps(report, indent=2))

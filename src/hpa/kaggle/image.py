@@ -11,6 +11,7 @@ from packaging.version import Version
 
 IMAGE_FILE = "kaggle_image.txt"
 PYTHON = (3, 12)
+PYTHON_FULL = "3.12.13"  # issue 10 (Colab runtime 2026-05-14); the next image moves to 3.13
 # Kaggle's image is Ubuntu 22.04 (glibc 2.35); manylinux wheels up to that glibc run there.
 GLIBC_MINOR = 35
 PLATFORMS = [f"manylinux_2_{minor}_x86_64" for minor in range(GLIBC_MINOR, 16, -1)] + [
@@ -19,14 +20,14 @@ PLATFORMS = [f"manylinux_2_{minor}_x86_64" for minor in range(GLIBC_MINOR, 16, -
 # Environment markers (PEP 508) as they evaluate inside a Kaggle notebook.
 MARKERS = {
     "implementation_name": "cpython",
-    "implementation_version": f"{PYTHON[0]}.{PYTHON[1]}.0",
+    "implementation_version": PYTHON_FULL,
     "os_name": "posix",
     "platform_machine": "x86_64",
     "platform_python_implementation": "CPython",
     "platform_release": "",
     "platform_system": "Linux",
     "platform_version": "",
-    "python_full_version": f"{PYTHON[0]}.{PYTHON[1]}.0",
+    "python_full_version": PYTHON_FULL,
     "python_version": f"{PYTHON[0]}.{PYTHON[1]}",
     "sys_platform": "linux",
 }

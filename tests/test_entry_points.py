@@ -1,0 +1,63 @@
+"""Every command reads the same way: `--help` works, bad input exits 2, and each `python -m hpa.X`
+the README shows is also a console script `hpa-X` of the installed package."""
+
+import importlib
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def readme_commands() -> set[str]:
+    """Every `python -m hpa.X` the README tells a user to run."""
+    return set(re.findall(r"python -m hpa\.([a-z_]+)", (ROOT / "README.md").read_text()))
+
+
+def console_scripts() -> dict[str, str]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+
+
+def test_every_readme_command_is_a_console_script_of_the_same_module():
+    scripts = console_scripts()
+    for command in sorted(readme_commands()):
+        name = f"hpa-{command}"
+        assert name in scripts, f"{name} missing from [project.scripts]"
+        module, _, function = scripts[name].partition(":")
+        assert module in (f"hpa.{command}", f"hpa.{command}.__main__"), scripts[name]
+        assert callable(getattr(importlib.import_module(module), function))
+
+
+@pytest.mark.parametrize("command", sorted(readme_commands()))
+def test_help_works_on_every_command(command):
+    done = subprocess.run(
+        [sys.executable, "-m", f"hpa.{command}", "--help"],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout.lower()
+    assert "usage" in out or "powered by hydra" in out, done.stdout[:500]
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("command", sorted(readme_commands() - {"doctor"}))
+def test_bad_input_exits_2_on_every_command(command):
+    """An argument no command accepts: one line, exit 2 (the doctor only reports: exit 0/1)."""
+    done = subprocess.run(
+        [sys.executable, "-m", f"hpa.{command}", "no_such_key_anywhere=1"],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2, (command, done.stdout[-1000:], done.stderr[-2000:])
+    assert "Traceback" not in done.stderr
