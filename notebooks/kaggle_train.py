@@ -94,7 +94,15 @@ def find_bundle(value: str) -> str:
 
 
 BUNDLE_DIR = find_bundle(BUNDLE_DIR)
-run("-m", "pip", "install", "--no-index", "--find-links", BUNDLE_DIR, "hpa")
+try:
+    run("-m", "pip", "install", "--no-index", "--find-links", BUNDLE_DIR, "hpa")
+except RuntimeError:
+    # pip could not resolve the bundle against this image: the bundle's own doctor (standard
+    # library only) names each package, the version found and the range hpa needs.
+    doctor = Path(BUNDLE_DIR) / "hpa_doctor.py"
+    if doctor.is_file():
+        subprocess.run([sys.executable, str(doctor), "--bundle", BUNDLE_DIR], check=False)
+    raise
 run("-m", "hpa.doctor", "--bundle", BUNDLE_DIR, "--output", str(Path(OUTPUT_DIR).parent))
 
 # %% [markdown]

@@ -239,8 +239,17 @@ def test_bundle_is_flat_with_hpa_wheel_dependencies_and_metadata(tmp_path, capsy
     (out / "hpa-0.0.1-py3-none-any.whl").write_text("stale")  # a previous bundle's wheel goes
     wheels = make_bundle(out, "me", "hpa-bundle", "hpa offline wheels", fetch=fetch)
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted([w.name for w in wheels] + ["dataset-metadata.json"])
+    assert names == sorted([w.name for w in wheels] + ["dataset-metadata.json", "hpa_doctor.py"])
     assert all(p.is_file() for p in out.iterdir())  # Kaggle skips subfolders
+    # The standalone doctor the install cell runs when pip fails: it reads this very bundle.
+    doctor = subprocess.run(
+        [sys.executable, str(out / "hpa_doctor.py"), "--bundle", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert doctor.returncode in (0, 1) and "Traceback" not in doctor.stderr, doctor.stderr
+    assert "hydra-core" in doctor.stdout + doctor.stderr
     hpa_wheel = next(w for w in wheels if w.name.startswith("hpa-"))
     assert hpa_wheel.name != "hpa-0.0.1-py3-none-any.whl"
     with zipfile.ZipFile(hpa_wheel) as zf:

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from hpa import doctor_standalone
 from hpa.errors import InputError
 from hpa.fsio import atomic_dir, write_json
 from hpa.kaggle.image import kaggle_image
@@ -31,7 +32,8 @@ from hpa.kaggle.wheels import (
 DATASET_METADATA = "dataset-metadata.json"
 KERNEL_METADATA = "kernel-metadata.json"
 # What a folder this module wrote may hold; anything else means --out points at the user's files.
-OURS = ("*.whl", "*.ipynb", "*.json", "*.safetensors")
+STANDALONE_DOCTOR = "hpa_doctor.py"  # hpa.doctor_standalone, for the notebooks' install cell
+OURS = ("*.whl", "*.ipynb", "*.json", "*.safetensors", STANDALONE_DOCTOR)
 
 
 def check_out(out: Path) -> Path:
@@ -84,6 +86,8 @@ def make_bundle(
         )
         requirements = wheel_requirements(hpa_wheel)
         missing_wheels(requirements, kaggle_image(), fetch or PipFetcher(), tmp, log)
+        # Runs where pip failed and hpa is not installed: it names what does not fit the image.
+        shutil.copyfile(doctor_standalone.__file__, tmp / STANDALONE_DOCTOR)
         write_json(tmp / DATASET_METADATA, metadata)
     return sorted(out.resolve().glob("*.whl"))
 
