@@ -632,3 +632,16 @@ def test_standalone_doctor_passes_for_this_projects_own_wheel(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert "OK   hydra-core " in done.stdout
     assert done.stdout.splitlines()[-1].startswith("hpa_doctor: hpa installs here (hpa-")
+
+
+def test_doctor_names_what_hpacellseg_lacks_one_line_each(tmp_path, capsys):
+    from hpa import doctor
+
+    nuclei, cell = tmp_path / "nuclei.pth", tmp_path / "cells.pth"
+    code = doctor.main(
+        ["--segmenter", "hpacellseg", "--nuclei-model", str(nuclei), "--cell-model", str(cell)]
+    )
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("FAIL")]
+    assert code == 1
+    assert any(str(nuclei) in line for line in lines) and any(str(cell) in line for line in lines)
+    assert len([line for line in lines if str(nuclei) in line]) == 1  # one line per problem

@@ -436,6 +436,17 @@ def check_writable(folder: Path) -> Check:
     return Check("OK", "output", f"{folder} is writable")
 
 
+def check_hpacellseg(nuclei_model: Path | None, cell_model: Path | None) -> list[Check]:
+    """`--segmenter hpacellseg`: the package, pytorch_zoo's classes, the weight files; one line
+    each. Reads which classes the pickles name without unpickling them."""
+    from hpa.segment.hpacellseg import hpacellseg_problems
+
+    problems = hpacellseg_problems(nuclei_model, cell_model)
+    if not problems:
+        return [Check("OK", "hpacellseg", "HPA-Cell-Segmentation, pytorch_zoo and weights found")]
+    return [Check("FAIL", "hpacellseg", problem) for problem in problems]
+
+
 def run_checks(
     models: Iterable[Path] = (),
     outputs: Iterable[Path] | None = None,
@@ -443,6 +454,7 @@ def run_checks(
     version_of: VersionOf = installed_version,
     requirements: tuple[list[str], str | None] | None = None,
     report: dict | None = None,
+    hpacellseg: tuple[Path | None, Path | None] | None = None,
 ) -> list[Check]:
     """Every check, in report order; `version_of` and `requirements` are injectable for tests.
     `report`, when given, receives the image's build and drift as data (for --json)."""
@@ -465,6 +477,8 @@ def run_checks(
     checks += check_requirements(requires, version_of, bundle)
     for model in models:
         checks += check_model(Path(model), version_of)
+    if hpacellseg is not None:
+        checks += check_hpacellseg(*hpacellseg)
     checks += [check_writable(Path(o)) for o in (default_outputs() if outputs is None else outputs)]
     return checks
 
@@ -477,6 +491,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--model", type=Path, **models)
     parser.add_argument("--output", type=Path, action="append", help="folder that must be writable")
     parser.add_argument("--bundle", help="bundle folder, named in the fixes (offline installs)")
+    parser.add_argument(
+        "--segmenter",
+        choices=["hpacellseg"],
+        help="also check what this segmenter needs (the package, its classes, weight files)",
+    )
+    parser.add_argument("--nuclei-model", type=Path, help="hpacellseg nuclei weights (a file)")
+    parser.add_argument("--cell-model", type=Path, help="hpacellseg cell weights (a file)")
     return parser.parse_args(argv)
 
 
@@ -484,7 +505,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None, version_of: VersionOf = installed_version) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     extra: dict = {}
-    checks = run_checks(args.model, args.output, args.bundle, version_of, report=extra)
+    hpacellseg = (args.nuclei_model, args.cell_model) if args.segmenter == "hpacellseg" else None
+    checks = run_checks(
+        args.model, args.output, args.bundle, version_of, report=extra, hpacellseg=hpacellseg
+    )
     failed = [c for c in checks if c.status == "FAIL"]
     if args.json:
         report = {
