@@ -25,6 +25,7 @@ from hpa.cli import compose  # noqa: E402
 from hpa.data.datamodule import HPADataModule  # noqa: E402
 from hpa.labels import NUM_CLASSES  # noqa: E402
 from hpa.models import HPANet, create_backbone  # noqa: E402
+from hpa.threads import configure_threads  # noqa: E402
 
 
 def measure(net, opt, batches, steps: int, device, dtype) -> float:
@@ -67,7 +68,13 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--backbones", nargs="+", default=["efficientnet_b0", "resnet50"])
     p.add_argument("--precision", choices=["bf16", "fp16", "fp32"], default="bf16")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: free cores - workers)"
+    )
     args = p.parse_args()
+    if args.threads is not None and args.threads < 1:
+        p.error(f"--threads {args.threads}: use 1 or more (or leave it out: free cores - workers)")
+    threads = configure_threads(args.threads, workers=args.workers)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[args.precision]
@@ -114,6 +121,7 @@ def main() -> None:
                 "precision": args.precision,
                 "channels_last": True,
                 "workers": args.workers,
+                "torch_threads": threads,
                 "source": source,
                 "backbones": results,
             }

@@ -135,6 +135,7 @@ def int_list(min: int | None = None, length: int | None = None) -> Rule:
 # The data keys training reads; prepare and bench read the image ones only.
 _TRAIN: dict[str, Rule] = {
     "seed": integer(),
+    "threads": integer(min=1, nullable=True),
     "data.image_size": integer(min=32),
     "data.batch_size": integer(min=1),
     "data.num_workers": integer(min=0),
@@ -189,6 +190,7 @@ RULES: dict[str, dict[str, Rule]] = {
     },
     "predict": {
         "batch_size": integer(min=1),
+        "threads": integer(min=1, nullable=True),
         "image_model_on_cells": boolean(),
         "image_model_crop": choice("native", "fill"),
         "cell_margin": number(ge=0),

@@ -24,6 +24,9 @@ RESUME_HINT = "the rows written so far are kept; run the same command to resume"
 def predict(cfg: DictConfig) -> Path:
     """Write the submission for every row of the sample submission; return its path."""
     check_required(cfg)  # before the imports below (seconds): bad input fails at once
+    from hpa.threads import configure_threads
+
+    configure_threads(cfg.get("threads"))  # every core this process may use, or threads=N
     from tqdm import tqdm
 
     from hpa.data.images import read_sample

@@ -35,6 +35,7 @@ from hpa.data.images import CHANNELS, channel_path, read_channel, read_sample
 from hpa.errors import InputError, exit_on_input_error
 from hpa.fsio import atomic_path, disk_full_as_error
 from hpa.signals import die_with_parent, graceful_sigterm
+from hpa.threads import available_cpus, configure_threads
 
 log = logging.getLogger(__name__)
 
@@ -241,13 +242,17 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging()
     cfg = compose("prepare", sys.argv[1:] if argv is None else argv)
     data = cfg.data
+    # Decoding processes: the cores this process may use (affinity, cgroup quota), not all the
+    # machine's; the main process only collects results, so torch gets what the pool leaves.
+    workers = cfg.prepare.workers or available_cpus()
+    configure_threads(cfg.get("threads"), workers=workers)
     try:
         with graceful_sigterm(RESUME_HINT):
             result = prepare_cache(
                 data.root,
                 data.image_dir,
                 data.image_size,
-                cfg.prepare.workers,
+                workers,
                 cache_root=data.get("cache_dir"),
             )
     except KeyboardInterrupt:

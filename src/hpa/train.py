@@ -52,11 +52,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from hpa.demo import ensure_synthetic_data
     from hpa.labels import CLASS_NAMES
     from hpa.pipeline import build_datamodule
+    from hpa.threads import configure_training_threads
     from hpa.training.checkpointing import AtomicCheckpointIO, checkpoint_summary, weights_only
     from hpa.training.finish import ValidationPredictions, finish_run
     from hpa.training.module import HPAModule
 
     check_config(cfg, "train")
+    configure_training_threads(cfg)  # torch threads = free cores - loader workers (or threads=N)
     pl.seed_everything(cfg.seed, workers=True)
     ckpt_path = check_ckpt(cfg.ckpt_path)
     # The model first: a bad backbone fails in a second, before any data is generated or read.
