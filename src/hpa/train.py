@@ -77,8 +77,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = build_datamodule(
         data_cfg, OmegaConf.to_container(segmenter_cfg, resolve=True) if segmenter_cfg else None
     )
-    if ckpt_path:
-        check_ckpt_matches(ckpt_path, module)
+    resumed = checkpoint_summary(ckpt_path) if ckpt_path else None  # read once, used twice
+    if resumed:
+        check_ckpt_matches(ckpt_path, resumed, module)
     predictions = ValidationPredictions()  # the final validation's, for oof.csv and plots
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None] + [predictions]
     loggers = (
@@ -97,13 +98,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         check_space_for_checkpoints(module, Path(cfg.paths.output_dir))
     if cfg.tune:
         tune(trainer, module, datamodule)
-    if ckpt_path:
-        done = checkpoint_summary(ckpt_path)
+    if resumed:
         log.info(
             "resuming from %s (epoch %d, step %d; run folder %s)",
             ckpt_path,
-            done["epoch"],
-            done["global_step"],
+            resumed["epoch"],
+            resumed["global_step"],
             cfg.paths.output_dir,
         )
     try:
@@ -160,11 +160,9 @@ def check_ckpt(ckpt_path: str | None) -> str | None:
     return ckpt_path
 
 
-def check_ckpt_matches(ckpt_path: str, module) -> None:
-    """The model being resumed must be the one in the checkpoint: same weights, same shapes."""
-    from hpa.training.checkpointing import checkpoint_summary
-
-    saved = checkpoint_summary(ckpt_path)
+def check_ckpt_matches(ckpt_path: str, saved: dict[str, Any], module) -> None:
+    """The model being resumed must be the one in the checkpoint (`saved`, its
+    `checkpoint_summary`): same weights, same shapes."""
     ours = module.state_dict()
     theirs = saved["state_dict"]
     missing = [k for k in ours if k not in theirs]
