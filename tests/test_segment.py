@@ -49,6 +49,23 @@ def test_iou_matrix_and_one_to_one_matching():
     assert match_instances(truth, truth).f1 == 1.0
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.int64])
+def test_iou_matrix_is_the_same_by_table_or_by_sorting(dtype):
+    """Small non-negative labels index a count table; anything else goes through np.unique."""
+    rng = np.random.default_rng(0)
+    pred = rng.integers(0, 9, (40, 50)).astype(dtype)
+    truth = (rng.integers(0, 5, (40, 50)) * 3).astype(dtype)  # ids 0, 3, ..., 12: gaps
+    by_table = iou_matrix(pred, truth)
+    by_sorting = iou_matrix(pred.astype(float), truth.astype(float))  # floats: np.unique
+    assert by_table[1].tolist() == list(range(1, 9)) and by_table[2].tolist() == [3, 6, 9, 12]
+    for a, b in zip(by_table, by_sorting, strict=True):
+        np.testing.assert_allclose(a, b)
+    huge = truth.astype(np.int64) * 10**6  # ids far too big for a table
+    iou, _, truth_ids = iou_matrix(pred.astype(np.int64), huge)
+    assert truth_ids.tolist() == [3 * 10**6, 6 * 10**6, 9 * 10**6, 12 * 10**6]
+    np.testing.assert_allclose(iou, by_table[0])
+
+
 # ---- the watershed segmenter -----------------------------------------------------------------
 
 
@@ -376,3 +393,41 @@ def test_hpacellseg_on_a_scikit_image_it_predates_is_an_input_error(
     )
     with pytest.raises(InputError, match="channel_axis"):
         segmenter.segment(np.zeros((64, 64, 4), np.uint8))
+
+
+# ---- scripts/tune_watershed.py: the held-out search -------------------------------------------
+
+
+def test_tune_script_picks_on_one_set_and_reports_on_the_others(tmp_path, capsys):
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "tune_watershed.py"
+    spec = importlib.util.spec_from_file_location("tune_watershed", script)
+    tune = importlib.util.module_from_spec(spec)
+    sys.modules["tune_watershed"] = tune  # its dataclasses look their module up there
+    try:
+        spec.loader.exec_module(tune)
+        real = generate_dataset(  # stands in for the real fixtures: train.csv, train/, masks/
+            SyntheticConfig(n_images=2, image_size=128, seed=31, workers=1),
+            tmp_path,
+            progress=False,
+        )
+        argv = ["--real", str(real), "--synthetic", "2", "--synthetic-size", "128"]
+        results = tune.main([*argv, "--repeats", "1"])
+    finally:
+        del sys.modules["tune_watershed"]
+    out = capsys.readouterr().out
+    sets = [name for name in next(iter(results.scores.values()))]
+    assert len(sets) == 3 and sets[-1] == "synthetic"
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "---" not in line]
+    assert [r.split(" | ")[0] for r in rows[1:]] == ["| default", *(f"| {n}" for n in sets)]
+    default = tune.default_setting()
+    for i, name in enumerate(sets):
+        row = rows[2 + i].split(" | ")[2:]
+        assert [("*" in cell) for cell in row] == [j == i for j in range(3)]  # picked here only
+        picked = tune.pick(results, name, default)
+        assert results.scores[picked][name].f1 >= results.scores[default][name].f1
+    assert "seconds per real image" in out
+    with pytest.raises(SystemExit) as stop:
+        tune.main(["--real", str(tmp_path / "nowhere")])
+    assert stop.value.code == 2

@@ -41,8 +41,8 @@ from hpa.segment.watershed import upscale
 
 INSTALL_HINT = (
     "install hpacellseg (HPA-Cell-Segmentation: pip install --no-deps, from its GitHub "
-    "repository or a wheel) and pytorch_zoo from haoxusci/pytorch_zoo on GitHub, "
-    "or use the weight-free default segmenter (watershed)"
+    "repository or a wheel; on Kaggle, a bundle built with --with-hpacellseg) and pytorch_zoo "
+    "from haoxusci/pytorch_zoo on GitHub, or use the weight-free default segmenter (watershed)"
 )
 PICKLE_HINT = (
     "hpacellseg weights are pickled torch models, and loading them can run arbitrary code; if "
@@ -55,7 +55,7 @@ _DEVICE = re.compile(r"cpu|auto|cuda(:\d+)?")
 class HPACellSegmenter:
     """HPA-Cell-Segmentation's nuclei and cell U-Nets plus its `label_cell` post-processing."""
 
-    nuclei_model: str | Path
+    nuclei_model: str | Path  # a local file, or auto: found among Kaggle's inputs
     cell_model: str | Path
     allow_pickle: bool = False  # the weights are pickled models: loading them runs their code
     scale_factor: float = 0.25  # the networks see the image at this scale
@@ -71,6 +71,7 @@ class HPACellSegmenter:
 
     def __post_init__(self) -> None:
         self._check_options()
+        self._find_attached()
         if not self.allow_pickle:
             raise InputError(PICKLE_HINT)
         paths = {
@@ -90,6 +91,14 @@ class HPACellSegmenter:
             padding=self.padding,
             multi_channel_model=self.multi_channel_model,
         )
+
+    def _find_attached(self) -> None:
+        """`auto` weights: the files attached under /kaggle/input (or $HPA_KAGGLE_INPUT)."""
+        from hpa.kaggle.inputs import find_hpacellseg_weight, is_auto
+
+        for name in ("nuclei_model", "cell_model"):
+            if is_auto(str(getattr(self, name))):
+                setattr(self, name, find_hpacellseg_weight(name))
 
     def _check_options(self) -> None:
         if not 0.0 < self.scale_factor <= 1.0:

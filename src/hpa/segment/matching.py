@@ -14,15 +14,34 @@ def iou_matrix(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndar
     """
     if pred.shape != truth.shape:
         raise ValueError(f"label images differ in shape: {pred.shape} vs {truth.shape}")
-    pred_ids, pred_inv = np.unique(pred, return_inverse=True)
-    truth_ids, truth_inv = np.unique(truth, return_inverse=True)
-    n_p, n_t = len(pred_ids), len(truth_ids)
-    joint = np.bincount(pred_inv.ravel() * n_t + truth_inv.ravel(), minlength=n_p * n_t)
-    inter = joint.reshape(n_p, n_t).astype(np.float64)
+    n_p, n_t = _table_size(pred), _table_size(truth)
+    if n_p * n_t <= _MAX_TABLE:
+        # Label values index the count table directly: no sort (np.unique) of millions of pixels.
+        flat = pred.ravel().astype(np.int64) * n_t + truth.ravel()
+        joint = np.bincount(flat, minlength=n_p * n_t).reshape(n_p, n_t)
+        pred_ids, truth_ids = np.flatnonzero(joint.sum(1)), np.flatnonzero(joint.sum(0))
+        joint = joint[np.ix_(pred_ids, truth_ids)]
+    else:
+        pred_ids, pred_inv = np.unique(pred, return_inverse=True)
+        truth_ids, truth_inv = np.unique(truth, return_inverse=True)
+        n_p, n_t = len(pred_ids), len(truth_ids)
+        joint = np.bincount(pred_inv.ravel() * n_t + truth_inv.ravel(), minlength=n_p * n_t)
+        joint = joint.reshape(n_p, n_t)
+    inter = joint.astype(np.float64)
     union = inter.sum(axis=1, keepdims=True) + inter.sum(axis=0, keepdims=True) - inter
     iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
     keep_p, keep_t = pred_ids > 0, truth_ids > 0  # 0 is background, not an instance
     return iou[np.ix_(keep_p, keep_t)], pred_ids[keep_p], truth_ids[keep_t]
+
+
+_MAX_TABLE = 1 << 22  # entries of the direct count table (32 MiB of int64)
+
+
+def _table_size(labels: np.ndarray) -> int:
+    """max + 1 for non-negative integer labels (a direct table index), else a huge number."""
+    if labels.dtype.kind not in "ui" or labels.size == 0 or int(labels.min()) < 0:
+        return _MAX_TABLE + 1
+    return int(labels.max()) + 1
 
 
 @dataclass(frozen=True)
