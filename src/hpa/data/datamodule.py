@@ -11,12 +11,14 @@ import numpy as np
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
+from hpa.data.bags import BagDataset
 from hpa.data.cache import CachedImages, keep_freed_memory, open_cache
 from hpa.data.cell_cache import build_cell_cache
-from hpa.data.cells import CellDataset
-from hpa.data.dataset import ImageDataset, RawImages, SampleSource
+from hpa.data.cells import CellDataset, read_cell_targets
+from hpa.data.dataset import ImageDataset, RawImages, SampleSource, negative_augment
 from hpa.data.folds import grouped_stratified_folds, stratified_folds
 from hpa.data.records import read_records, targets
+from hpa.data.sampler import ClassBalancedSampler
 from hpa.data.transforms import build_transform
 from hpa.errors import InputError
 
@@ -73,8 +75,20 @@ class HPADataModule(pl.LightningDataModule):
         check_images: bool = True,
         segmenter: Callable[[], Any] | None = None,
         segmenter_key: str = "",
+        sampler: str | None = None,
+        sampler_cap: float | None = None,
+        negative_aug: Mapping[str, float] | None = None,
+        cell_targets: str | None = None,
     ):
         super().__init__()
+        # Rare classes and self-training (training set only; validation stays as labelled).
+        if sampler not in (None, "balanced"):
+            raise InputError(f"data.sampler={sampler!r}: use null or balanced")
+        self.sampler, self.sampler_cap = sampler, sampler_cap
+        self.negative_aug = negative_augment(negative_aug)
+        if cell_targets and level != "cell":
+            raise InputError("data.cell_targets needs cell-level data: add data=cells")
+        self.cell_targets = cell_targets
         self.root = Path(root)
         self.image_size = image_size
         self.batch_size = batch_size
@@ -86,8 +100,13 @@ class HPADataModule(pl.LightningDataModule):
         # Folds keep a group's rows together when the table has this column (data/merged.yaml).
         self.group_column = group_column
         # level=cell: samples are cell crops of image_size px, each with its image's labels.
-        if level not in ("image", "cell"):
-            raise InputError(f"data.level={level!r}: use image or cell")
+        # level=bag: samples are bags of an image's cell crops (hpa.data.bags, model=mil).
+        if level not in ("image", "cell", "bag"):
+            raise InputError(f"data.level={level!r}: use image, cell or bag")
+        if level == "bag" and not cells_per_image:
+            raise InputError("data.cells_per_image=null: data=bags needs a bag size, e.g. 16")
+        if level == "bag" and negative_aug and negative_aug.get("p"):
+            raise InputError("data.negative_aug is not for data=bags; set data.negative_aug.p=0")
         self.level, self.cell_margin, self.cell_masks = level, cell_margin, cell_masks
         self.cells_per_image = cells_per_image
         # level=cell without masks: makes the configured segmenter (hpa.pipeline composes it).
@@ -119,7 +138,7 @@ class HPADataModule(pl.LightningDataModule):
         self._checked = True
 
     def prepare_data(self) -> None:
-        if self.level == "cell":  # crop once, on one process per node
+        if self.level in ("cell", "bag"):  # crop once, on one process per node
             ids = read_records(self.root / self.train_csv)["ID"].tolist()
             self._check_raw_images(ids)
             self._cell_cache(ids)
@@ -159,24 +178,42 @@ class HPADataModule(pl.LightningDataModule):
             # A process-wide malloc setting, made here in plain sight: ~1.3x cached samples/s
             # (see keep_freed_memory); forked DataLoader workers inherit it.
             keep_freed_memory()
-        if isinstance(source, RawImages) or self.level == "cell":
+        if isinstance(source, RawImages) or self.level != "image":
             self._check_raw_images(records["ID"].tolist())
         train = np.flatnonzero(records["fold"].to_numpy() != self.fold)
         val = np.flatnonzero(records["fold"].to_numpy() == self.fold)
         ids = records["ID"].tolist()
         train_tf = build_transform(self.augment.get("train"))
         val_tf = build_transform(self.augment.get("val"))
-        if self.level == "cell":
+        if self.level == "bag":
+            cache, size, seed = self._cell_cache(ids), self.cells_per_image, self.fold_seed
+            self.train_set = BagDataset(cache, [ids[i] for i in train], y[train], size, train_tf)
+            self.val_set = BagDataset(
+                cache, [ids[i] for i in val], y[val], size, val_tf, train=False, seed=seed
+            )
+        elif self.level == "cell":
             # Folds stay per image: all cells of an image land in the same fold.
             cache = self._cell_cache(ids)
             train_ids, val_ids = [ids[i] for i in train], [ids[i] for i in val]
             cap, seed = self.cells_per_image, self.fold_seed
-            self.train_set = CellDataset(cache, train_ids, y[train], train_tf, cap, seed)
+            own = read_cell_targets(self.cell_targets) if self.cell_targets else None
+            self.train_set = CellDataset(
+                cache, train_ids, y[train], train_tf, cap, seed, own, self.negative_aug
+            )
+            if own is not None:
+                log.info(
+                    "data: %d of %d train cells take their targets from %s",
+                    self.train_set.replaced,
+                    len(self.train_set),
+                    self.cell_targets,
+                )
             self.val_set = CellDataset(cache, val_ids, y[val], val_tf)
             n_train, n_val = len(self.train_set), len(self.val_set)
             log.info("data: %d train / %d val cell crops in %s", n_train, n_val, cache.folder)
         else:
-            self.train_set = ImageDataset([ids[i] for i in train], y[train], source, train_tf)
+            self.train_set = ImageDataset(
+                [ids[i] for i in train], y[train], source, train_tf, self.negative_aug
+            )
             self.val_set = ImageDataset([ids[i] for i in val], y[val], source, val_tf)
         log.info(
             "data: fold %d/%d, %d train / %d val samples",
@@ -186,11 +223,27 @@ class HPADataModule(pl.LightningDataModule):
             len(val),
         )
 
-    def _loader(self, dataset: ImageDataset, shuffle: bool) -> DataLoader:
+    def class_frequencies(self) -> np.ndarray:
+        """Mean training target per class (the share of samples with it), e.g. for pos_weight."""
+        return self.train_set.item_targets().mean(axis=0)
+
+    def _train_sampler(self) -> ClassBalancedSampler | None:
+        """data.sampler=balanced: one draw per epoch shared by all DDP ranks, each its share."""
+        if self.sampler is None:
+            return None
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        labels = self.train_set.item_targets()
+        return ClassBalancedSampler(
+            self.train_set, labels, self.sampler_cap, world, rank, seed=self.fold_seed
+        )
+
+    def _loader(self, dataset: ImageDataset, shuffle: bool, sampler=None) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
             drop_last=shuffle and len(dataset) > self.batch_size,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
@@ -199,7 +252,7 @@ class HPADataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        return self._loader(self.train_set, shuffle=True, sampler=self._train_sampler())
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, shuffle=False)

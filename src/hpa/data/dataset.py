@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -11,6 +12,8 @@ import torch
 from torch.utils.data import Dataset
 
 from hpa.data.images import read_sample
+from hpa.errors import InputError
+from hpa.labels import NEGATIVE
 
 
 class SampleSource(Protocol):
@@ -35,14 +38,62 @@ class RawImages:
         return read_sample(self.image_dir, sample_id, self.size)
 
 
-class ImageDataset(Dataset):
-    """(uint8 4 x H x W tensor, float multi-hot target): normalisation happens on the device."""
+class NegativeAugment:
+    """Label-changing augmentation (`data.negative_aug`): with probability `p`, the green
+    (protein) channel is multiplied by `scale` (near dark) and the target becomes Negative only,
+    as a cell or image without protein signal is Negative whatever its image was labelled.
+    Draws from numpy's global generator, which Lightning seeds per DataLoader worker."""
 
-    def __init__(self, ids: list[str], targets: np.ndarray, source: SampleSource, transform=None):
+    GREEN = 1  # channel order: red, green, blue, yellow
+
+    def __init__(self, p: float = 0.0, scale: float = 0.05):
+        if not 0.0 <= p <= 1.0 or not 0.0 <= scale <= 1.0:
+            raise InputError(
+                f"data.negative_aug p={p}, scale={scale}: use fractions from 0 to 1 (p=0 is off)"
+            )
+        self.p, self.scale = float(p), float(scale)
+
+    def __call__(self, image: np.ndarray, target: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+        """H x W x C uint8 image and its target -> the same, or the darkened Negative pair."""
+        if self.p <= 0 or np.random.random() >= self.p:
+            return image, target
+        image = np.array(image)  # a copy: the source may be a read-only cache
+        green = image[..., self.GREEN].astype(np.float32) * self.scale
+        image[..., self.GREEN] = np.round(green).astype(image.dtype)
+        negative = torch.zeros_like(target)
+        negative[NEGATIVE] = 1.0
+        return image, negative
+
+
+def negative_augment(options: Mapping[str, float] | None) -> NegativeAugment | None:
+    """The `data.negative_aug` mapping -> the augmentation, or None when off (null or p=0)."""
+    if not options or not options.get("p"):
+        return None
+    return NegativeAugment(**options)
+
+
+class ImageDataset(Dataset):
+    """(uint8 4 x H x W tensor, float multi-hot target): normalisation happens on the device.
+
+    `negative_aug` (training only) runs after `transform` and may change the target."""
+
+    def __init__(
+        self,
+        ids: list[str],
+        targets: np.ndarray,
+        source: SampleSource,
+        transform=None,
+        negative_aug: NegativeAugment | None = None,
+    ):
         self.ids = list(ids)
         self.targets = torch.as_tensor(targets, dtype=torch.float32)
         self.source = source
         self.transform = transform
+        self.negative_aug = negative_aug
+
+    def item_targets(self) -> np.ndarray:
+        """N x 19 targets in item order (e.g. for the class-balanced sampler)."""
+        return self.targets.numpy()
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -55,8 +106,11 @@ class ImageDataset(Dataset):
         image = self.source.load(self.ids[index])
         if self.transform is not None:
             image = self.transform(image=image)["image"]
+        target = self.targets[index]
+        if self.negative_aug is not None:
+            image, target = self.negative_aug(image, target)
         tensor = torch.from_numpy(channels_first(image))
-        return tensor, self.targets[index]
+        return tensor, target
 
 
 def channels_first(image: np.ndarray) -> np.ndarray:

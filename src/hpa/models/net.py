@@ -26,5 +26,9 @@ class HPANet(nn.Module):
             "std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
         )
 
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """0..255 images -> what the backbone takes (for callers of its parts, e.g. CAM, MIL)."""
+        return (images.float() - self.mean) / self.std
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.backbone((images.float() - self.mean) / self.std)
+        return self.backbone(self.normalize(images))

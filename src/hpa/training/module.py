@@ -11,6 +11,7 @@ import pytorch_lightning as pl
 import torch
 from torchmetrics.classification import MultilabelAveragePrecision, MultilabelF1Score
 
+from hpa.models.cam import puzzle_logits
 from hpa.models.factory import create_backbone
 from hpa.models.losses import build_loss
 from hpa.models.net import HPANet
@@ -65,6 +66,16 @@ class HPAModule(pl.LightningModule):
         self.val_ap = MultilabelAveragePrecision(num_labels=n, average=None)
         self.val_f1 = MultilabelF1Score(num_labels=n, average="macro")
 
+    def setup(self, stage: str) -> None:
+        # loss.pos_weight=auto: from the training set's class frequencies (hpa.models.losses).
+        if stage == "fit" and self.hparams.loss.get("pos_weight") == "auto":
+            from hpa.models.losses import auto_pos_weight
+
+            frequencies = self.trainer.datamodule.class_frequencies()
+            self.criterion.set_pos_weight(
+                auto_pos_weight(frequencies, self.hparams.loss["pos_weight_max"])
+            )
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
 
@@ -78,7 +89,13 @@ class HPAModule(pl.LightningModule):
             prob=self.mix.get("prob", 0.0),
             rng=self._mix_rng,
         )
-        loss = self.criterion(self(images), targets)
+        cam = self.hparams.model.get("cam") or {}
+        if cam.get("puzzle_weight", 0.0) > 0:  # Puzzle-CAM (model.cam), logits from the same pass
+            logits, puzzle = puzzle_logits(self.net, images, cam["tiles"])
+            self.log("train/puzzle", puzzle, on_step=True, on_epoch=True, batch_size=len(images))
+            loss = self.criterion(logits, targets) + cam["puzzle_weight"] * puzzle
+        else:
+            loss = self.criterion(self(images), targets)
         self.log(
             "train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(images)
         )
