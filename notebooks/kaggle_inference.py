@@ -29,6 +29,12 @@
 # inputs do, the cell stops with one line naming what it found and the parameter to set.
 # Every step is a command with this kernel's Python, so the notebook runs anywhere with
 # `papermill kaggle_inference.ipynb out.ipynb -p NAME VALUE`.
+#
+# `SEGMENTER = "hpacellseg"` segments with HPA-Cell-Segmentation instead of the weight-free
+# watershed: build the bundle with `--with-hpacellseg` (and `--with-wheel` pytorch_zoo's wheel),
+# attach a data set holding `dpn_unet_nuclei_v1.pth` and `dpn_unet_cell_3ch_v1.pth` (found as
+# `NUCLEI_MODEL`/`CELL_MODEL = "auto"`). Those files are pickled models: loading them runs code
+# from them, so choose it only for weight files you trust.
 
 # %% tags=["parameters"]
 BUNDLE_DIR = "auto"
@@ -36,6 +42,9 @@ MODEL_DIRS = ["auto"]
 INPUT_DIR = "auto"
 SAMPLE_SUBMISSION = "auto"
 SUBMISSION = "/kaggle/working/submission.csv"
+SEGMENTER = "watershed"  # or "hpacellseg"
+NUCLEI_MODEL = "auto"  # hpacellseg's weight files (only read when SEGMENTER = "hpacellseg")
+CELL_MODEL = "auto"
 
 # %%
 import importlib
@@ -96,6 +105,12 @@ except RuntimeError:
     if doctor.is_file():
         subprocess.run([sys.executable, str(doctor), "--bundle", BUNDLE_DIR], check=False)
     raise
+# Wheels the bundle lists in no-deps.txt (`hpa.kaggle bundle --with-hpacellseg`) install without
+# their declared dependencies: hpacellseg's would add opencv-python and fetch pytorch_zoo by URL.
+no_deps = Path(BUNDLE_DIR) / "no-deps.txt"
+if SEGMENTER == "hpacellseg" and no_deps.is_file():
+    wheels = [str(Path(BUNDLE_DIR) / name) for name in no_deps.read_text().split()]
+    run("-m", "pip", "install", "--no-index", "--no-deps", *wheels)
 
 # %% [markdown]
 # ## 2. Find the models and the competition data
@@ -105,14 +120,28 @@ except RuntimeError:
 importlib.invalidate_caches()  # hpa was installed after this kernel started
 from hpa.kaggle.inputs import notebook_inputs  # noqa: E402
 
+weights = {"NUCLEI_MODEL": NUCLEI_MODEL, "CELL_MODEL": CELL_MODEL}
 found = notebook_inputs(
-    MODEL_DIRS=MODEL_DIRS, SAMPLE_SUBMISSION=SAMPLE_SUBMISSION, INPUT_DIR=INPUT_DIR
+    MODEL_DIRS=MODEL_DIRS,
+    SAMPLE_SUBMISSION=SAMPLE_SUBMISSION,
+    INPUT_DIR=INPUT_DIR,
+    **(weights if SEGMENTER == "hpacellseg" else {}),
 )
 MODEL_DIRS, SAMPLE_SUBMISSION, INPUT_DIR = (
     found["MODEL_DIRS"],
     found["SAMPLE_SUBMISSION"],
     found["INPUT_DIR"],
 )
+SEGMENTATION, DOCTOR_SEGMENTER = [f"segmenter={SEGMENTER}"], []
+if SEGMENTER == "hpacellseg":  # choosing it is the opt-in to unpickling the attached weights
+    SEGMENTATION += [
+        f"segmenter.nuclei_model={hydra_value(found['NUCLEI_MODEL'])}",
+        f"segmenter.cell_model={hydra_value(found['CELL_MODEL'])}",
+        "segmenter.allow_pickle=true",
+        "segmenter.device=auto",
+    ]
+    DOCTOR_SEGMENTER = ["--segmenter", "hpacellseg", "--nuclei-model", found["NUCLEI_MODEL"]]
+    DOCTOR_SEGMENTER += ["--cell-model", found["CELL_MODEL"]]
 
 # %% [markdown]
 # ## 3. Check the environment
@@ -122,7 +151,7 @@ MODEL_DIRS, SAMPLE_SUBMISSION, INPUT_DIR = (
 # %%
 output_dir = str(Path(SUBMISSION).resolve().parent)
 models = [f"--model={d}" for d in MODEL_DIRS]
-run("-m", "hpa.doctor", "--bundle", BUNDLE_DIR, "--output", output_dir, *models)
+run("-m", "hpa.doctor", "--bundle", BUNDLE_DIR, "--output", output_dir, *models, *DOCTOR_SEGMENTER)
 
 # %% [markdown]
 # ## 4. Segment, classify, write the submission
@@ -135,6 +164,10 @@ run(
     f"input_dir={hydra_value(INPUT_DIR)}",
     f"sample_submission={hydra_value(SAMPLE_SUBMISSION)}",
     f"submission={hydra_value(SUBMISSION)}",
+    *SEGMENTATION,
+    # Any hpa.predict option as one more "key=value" string (configs/predict.yaml), e.g.:
+    # "tta=d4", "tta_scales=[1.0,1.25]", "min_confidence=0.01", "model_weights=[2,1]",
+    # f"ensemble={hydra_value('/kaggle/input/my-ensemble/ensemble.yaml')}",  # hpa.ensemble's file
 )
 
 # %%

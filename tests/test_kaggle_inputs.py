@@ -342,7 +342,13 @@ def test_predict_finds_its_inputs_with_auto(tmp_path):
     explicit = pd.read_csv(tmp_path / "explicit.csv", keep_default_na=False)
     found = pd.read_csv(tmp_path / "auto.csv", keep_default_na=False)
     assert len(found) == 2 and (found["PredictionString"] != "").all()
-    pd.testing.assert_frame_equal(found, explicit)
+    text = ["ID", "ImageWidth", "ImageHeight"]
+    pd.testing.assert_frame_equal(found[text], explicit[text])
+    for ours, theirs in zip(found["PredictionString"], explicit["PredictionString"], strict=True):
+        a, b = ours.split(), theirs.split()
+        assert a[0::3] == b[0::3] and a[2::3] == b[2::3]  # the same classes and masks
+        # Confidences: the same model on the same crops (two runs may differ in the 6th digit).
+        assert [float(x) for x in a[1::3]] == pytest.approx([float(x) for x in b[1::3]], abs=1e-5)
 
 
 def test_predict_auto_with_nothing_attached_exits_2_naming_the_key(tmp_path, capsys):
@@ -360,3 +366,129 @@ def test_predict_auto_with_nothing_attached_exits_2_naming_the_key(tmp_path, cap
     assert info.value.code == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("error: models=auto found no exported model") and "set models" in line
+
+
+# segmenter=hpacellseg: its two weight files attached as a data set (or a Kaggle model)
+
+NUCLEI, CELL = "dpn_unet_nuclei_v1.pth", "dpn_unet_cell_3ch_v1.pth"
+
+
+def add_weights(folder: Path, nuclei: bytes = b"nuclei", cell: bytes = b"cell") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / NUCLEI).write_bytes(nuclei)
+    (folder / CELL).write_bytes(cell)
+    return folder
+
+
+@pytest.mark.parametrize("inside", ["", "weights", "pytorch/default/1"])  # a Kaggle model's
+@pytest.mark.parametrize(("data_layout", "comp_layout"), LAYOUTS)
+def test_hpacellseg_weights_are_found_in_every_layout(tmp_path, data_layout, comp_layout, inside):
+    kaggle_tree(tmp_path, data_layout, comp_layout)
+    folder = add_weights(mount(tmp_path, data_layout, "hpa-cell-seg-weights") / inside)
+    find = inputs.find_hpacellseg_weight
+    assert find("nuclei_model", tmp_path) == folder / NUCLEI
+    assert find("cell_model", tmp_path) == folder / CELL
+    found = resolve({"NUCLEI_MODEL": "auto", "CELL_MODEL": "/mine.pth"}, tmp_path)
+    assert found == {"NUCLEI_MODEL": str(folder / NUCLEI), "CELL_MODEL": "/mine.pth"}
+
+
+def test_hpacellseg_weights_under_the_packages_own_names_are_found_too(tmp_path):
+    folder = mount(tmp_path, "datasets", "weights")
+    (folder / "nuclei_model.pth").write_bytes(b"n")
+    (folder / "cell_model.pth").write_bytes(b"c")
+    assert inputs.find_hpacellseg_weight("nuclei_model", tmp_path) == folder / "nuclei_model.pth"
+    assert inputs.find_hpacellseg_weight("cell_model", tmp_path) == folder / "cell_model.pth"
+
+
+def test_a_missing_hpacellseg_weight_is_one_line_naming_what_to_attach(tmp_path):
+    kaggle_tree(tmp_path, "datasets", "competitions")
+    (mount(tmp_path, "datasets", "half") / CELL).write_bytes(b"cell")  # the nuclei file is missing
+    message = one_line_error(inputs.find_hpacellseg_weight, "nuclei_model", tmp_path)
+    assert message.startswith("segmenter.nuclei_model=auto found no hpacellseg nuclei_model")
+    assert f"attach a data set with HPA-Cell-Segmentation's {NUCLEI}" in message
+    assert "datasets/me/half" in message and message.endswith("set segmenter.nuclei_model")
+    assert inputs.find_hpacellseg_weight("cell_model", tmp_path).name == CELL
+    message = one_line_error(resolve, {"NUCLEI_MODEL": "auto"}, tmp_path)
+    assert message.startswith("NUCLEI_MODEL=auto") and message.endswith("set NUCLEI_MODEL")
+
+
+def test_the_same_weights_twice_count_once_and_different_ones_are_ambiguous(tmp_path):
+    first = add_weights(mount(tmp_path, "datasets", "weights-a"))
+    add_weights(mount(tmp_path, "datasets", "weights-b"))  # the same bytes attached twice
+    assert inputs.find_hpacellseg_weight("nuclei_model", tmp_path) == first / NUCLEI
+    add_weights(mount(tmp_path, "datasets", "weights-c"), nuclei=b"other")
+    message = one_line_error(inputs.find_hpacellseg_weight, "nuclei_model", tmp_path)
+    assert "found 2 different" in message and "weights-c" in message
+    assert inputs.find_hpacellseg_weight("cell_model", tmp_path) == first / CELL
+
+
+def test_hpacellseg_auto_weights_in_predict_and_in_the_segmenter(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from hpa.predict import find_auto_inputs
+    from hpa.segment.hpacellseg import HPACellSegmenter
+
+    folder = add_weights(mount(tmp_path / "input", "datasets", "weights"))
+    cfg = OmegaConf.create(
+        {
+            "models": ["/m"],
+            "sample_submission": "/s.csv",
+            "input_dir": "/test",
+            "input_root": str(tmp_path / "input"),
+            "segmenter": {"name": "hpacellseg", "nuclei_model": "auto", "cell_model": "auto"},
+        }
+    )
+    find_auto_inputs(cfg)
+    assert cfg.segmenter.nuclei_model == str(folder / NUCLEI)
+    assert cfg.segmenter.cell_model == str(folder / CELL)
+    # Elsewhere (python -m hpa.segment, data=cells) the segmenter finds them itself; without
+    # the pickle opt-in it stops after finding them, before loading anything.
+    monkeypatch.setenv(inputs.ROOT_ENV, str(tmp_path / "input"))
+    with pytest.raises(InputError, match="allow_pickle"):
+        HPACellSegmenter(nuclei_model="auto", cell_model="auto")
+    monkeypatch.setenv(inputs.ROOT_ENV, str(tmp_path / "nothing"))
+    with pytest.raises(InputError, match="segmenter.nuclei_model=auto"):
+        HPACellSegmenter(nuclei_model="auto", cell_model="auto", allow_pickle=True)
+
+
+@pytest.mark.parametrize("segmenter", ["watershed", "hpacellseg"])
+def test_the_inference_notebook_passes_the_weights_found_to_predict_and_doctor(
+    tmp_path, monkeypatch, capsys, segmenter
+):
+    kaggle_tree(tmp_path, "datasets", "competitions")
+    weights = add_weights(mount(tmp_path, "datasets", "weights") / "pytorch" / "default" / "1")
+    monkeypatch.setenv(inputs.ROOT_ENV, str(tmp_path))
+    code = cells("kaggle_inference")
+    namespace: dict = {}
+    exec(code[0], namespace)  # the parameters
+    namespace["SEGMENTER"] = segmenter  # as papermill -p SEGMENTER ... would
+    exec(code[1], namespace)  # imports, run, hydra_value
+    (step,) = [c for c in code if "notebook_inputs(" in c]
+    exec(step, namespace)
+    if segmenter == "watershed":  # the weights are neither looked for nor passed on
+        assert namespace["SEGMENTATION"] == ["segmenter=watershed"]
+        assert namespace["DOCTOR_SEGMENTER"] == [] and "NUCLEI_MODEL" not in capsys.readouterr().out
+    else:
+        nuclei, cell = str(weights / NUCLEI), str(weights / CELL)
+        assert namespace["SEGMENTATION"] == [
+            "segmenter=hpacellseg",
+            f"segmenter.nuclei_model='{nuclei}'",
+            f"segmenter.cell_model='{cell}'",
+            "segmenter.allow_pickle=true",
+            "segmenter.device=auto",
+        ]
+        assert namespace["DOCTOR_SEGMENTER"] == [
+            "--segmenter", "hpacellseg", "--nuclei-model", nuclei, "--cell-model", cell
+        ]  # fmt: skip
+        assert f"NUCLEI_MODEL = {nuclei!r}  (auto)" in capsys.readouterr().out
+    flat = "".join("".join(code).split())
+    assert "*models,*DOCTOR_SEGMENTER)" in flat and "*SEGMENTATION," in flat
+    # No weights attached: one line naming what to attach, before anything runs.
+    (weights / NUCLEI).unlink()
+    namespace.update(SEGMENTER="hpacellseg", NUCLEI_MODEL="auto", MODEL_DIRS=["auto"])
+    namespace.update(SAMPLE_SUBMISSION="auto", INPUT_DIR="auto")
+    with pytest.raises(SystemExit) as stop:
+        exec(step, namespace)
+    message = str(stop.value)
+    assert message.startswith("error: NUCLEI_MODEL=auto found no") and NUCLEI in message
+    assert "\n" not in message

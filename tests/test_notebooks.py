@@ -45,7 +45,12 @@ def test_inference_parameters_follow_the_contract():
         "INPUT_DIR",
         "SAMPLE_SUBMISSION",
         "SUBMISSION",
+        "SEGMENTER",  # beyond the contract: hpacellseg with its weights attached
+        "NUCLEI_MODEL",
+        "CELL_MODEL",
     }
+    assert values["SEGMENTER"] == "watershed"  # the weight-free default
+    assert values["NUCLEI_MODEL"] == values["CELL_MODEL"] == "auto"
     # The inputs default to `auto`: found under /kaggle/input (tests/test_kaggle_inputs.py).
     assert values["MODEL_DIRS"] == ["auto"]
     for key in ("BUNDLE_DIR", "INPUT_DIR", "SAMPLE_SUBMISSION"):

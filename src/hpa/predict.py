@@ -21,8 +21,13 @@ REQUIRED = ("models", "input_dir", "sample_submission")
 RESUME_HINT = "the rows written so far are kept; run the same command to resume"
 
 
-def predict(cfg: DictConfig) -> Path:
-    """Write the submission for every row of the sample submission; return its path."""
+def predict(cfg: DictConfig, explicit: set[str] | None = None) -> Path:
+    """Write the submission for every row of the sample submission; return its path.
+
+    With `ensemble=FILE`, the file's settings replace the config's, except the keys in
+    `explicit` (the command line's; None: every key set to other than predict.yaml's default).
+    """
+    apply_ensemble(cfg, explicit)
     check_required(cfg)  # before the imports below (seconds): bad input fails at once
     from hpa.threads import configure_threads
 
@@ -33,6 +38,7 @@ def predict(cfg: DictConfig) -> Path:
     from hpa.gpu import choose_device
     from hpa.inference.classifiers import load_classifiers
     from hpa.inference.predictor import PredictOptions, Predictor
+    from hpa.inference.weights import resolve_model_weights
     from hpa.segment.factory import build_segmenter
     from hpa.submission.writer import SubmissionWriter, prediction_string, read_sample_submission
 
@@ -40,16 +46,21 @@ def predict(cfg: DictConfig) -> Path:
     # CPU, before any model is loaded; not at the first kernel launch.
     device = choose_device(cfg.device)
     rows = read_sample_submission(cfg.sample_submission)
-    models = cfg.models if OmegaConf.is_list(cfg.models) else [cfg.models]
-    classifiers = load_classifiers([str(m) for m in models], device)
+    models = [str(m) for m in (cfg.models if OmegaConf.is_list(cfg.models) else [cfg.models])]
+    weights = resolve_model_weights(container(cfg.model_weights), models)
+    used = [(m, w) for m, w in zip(models, weights, strict=True) if w > 0]  # weight 0: not run
+    classifiers = load_classifiers([m for m, _ in used], device)
+    for classifier, (_, weight) in zip(classifiers, used, strict=True):
+        classifier.weight = weight
     segmenter_cfg = OmegaConf.to_container(cfg.segmenter, resolve=True)
     segmenter = build_segmenter(segmenter_cfg.pop("name"), **segmenter_cfg)
     predictor = Predictor(classifiers, segmenter, options_from(cfg, PredictOptions))
     log.info(
-        "predict: %d images, models %s (%s) on %s, segmenter %s",
+        "predict: %d images, models %s (%s, weights %s) on %s, segmenter %s",
         len(rows),
         [c.name for c in classifiers],
         [c.level for c in classifiers],
+        [c.weight for c in classifiers],
         device,
         cfg.segmenter.name,
     )
@@ -80,7 +91,7 @@ def predict(cfg: DictConfig) -> Path:
             )
         cells = predictor(row.ID, image)
         n_cells += len(cells.masks)
-        text = prediction_string(cells.masks, cells.probs)
+        text = prediction_string(cells.masks, cells.probs, float(cfg.min_confidence))
         writer.write(row.ID, row.ImageWidth, row.ImageHeight, text)
     out = writer.commit()
     timing = ", ".join(f"{k} {v:.3f}" for k, v in predictor.per_image_seconds().items())
@@ -121,30 +132,85 @@ def find_auto_inputs(cfg: DictConfig) -> None:
         sample = Path(cfg.sample_submission)
         cfg.input_dir = str(find_test_dir(root, sample, param="input_dir"))
         log.info("predict: input_dir=auto found %s", cfg.input_dir)
+    if cfg.segmenter.get("name") == "hpacellseg":  # its weights attached: segmenter.KEY=auto
+        from hpa.kaggle.inputs import find_hpacellseg_weight
+
+        for key in ("nuclei_model", "cell_model"):
+            if is_auto(cfg.segmenter.get(key)):
+                found = find_hpacellseg_weight(key, root, param=f"segmenter.{key}")
+                cfg.segmenter[key] = str(found)
+                log.info("predict: segmenter.%s=auto found %s", key, found)
+
+
+def container(value):
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def override_keys(argv: list[str]) -> set[str]:
+    """The keys a command line sets (`+key=v`, `++key=v` and `key=v` alike)."""
+    return {a.split("=", 1)[0].lstrip("+~") for a in argv if "=" in a}
+
+
+def apply_ensemble(cfg: DictConfig, explicit: set[str] | None) -> None:
+    """Copy an ensemble file's settings (hpa.ensemble) into cfg, but not over keys set explicitly."""
+    if not cfg.get("ensemble"):
+        return
+    from hpa.config_check import check_config
+    from hpa.inference.weights import read_ensemble_file
+
+    settings = read_ensemble_file(cfg.ensemble)
+    if explicit is None:  # a composed config without its command line: compare with the defaults
+        defaults = compose("predict", [])
+        explicit = {
+            key
+            for key in settings
+            if OmegaConf.select(cfg, key, throw_on_missing=False)
+            != OmegaConf.select(defaults, key, throw_on_missing=False)
+        }
+    kept = {
+        k
+        for k in settings
+        if any(e == k or e.startswith(f"{k}.") or k.startswith(f"{e}.") for e in explicit)
+    }
+    for key, value in settings.items():
+        if key not in kept:
+            OmegaConf.update(cfg, key, value, merge=False)
+    try:
+        check_config(cfg, "predict")
+    except InputError as err:
+        raise InputError(f"ensemble={cfg.ensemble}: {err}") from None
+    log.info("predict: ensemble=%s set %s", cfg.ensemble, sorted(set(settings) - kept))
 
 
 def options_from(cfg: DictConfig, options_cls):
+    area = cfg.downweight.area
     return options_cls(
-        tta=cfg.tta if isinstance(cfg.tta, int) else list(cfg.tta),
+        tta=cfg.tta if isinstance(cfg.tta, (int, str)) else list(cfg.tta),
+        tta_scales=[float(s) for s in cfg.tta_scales],
         batch_size=int(cfg.batch_size),
         image_model_on_cells=bool(cfg.image_model_on_cells),
         image_model_crop=cfg.image_model_crop,
+        image_model_cells=cfg.image_model_cells,
         cell_margin=float(cfg.cell_margin),
         method=cfg.combine.method,
         cell_weight=float(cfg.combine.cell_weight),
         border_weight=float(cfg.downweight.border),
         small_weight=float(cfg.downweight.small),
         small_fraction=float(cfg.downweight.small_fraction),
+        area_border=area.border,
+        area_interior=area.interior,
+        area_reference_size=float(area.reference_size),
     )
 
 
 @exit_on_input_error
 def main(argv: list[str] | None = None) -> None:
     setup_logging()
-    cfg = compose("predict", sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    cfg = compose("predict", argv)
     try:
         with graceful_sigterm(RESUME_HINT):
-            predict(cfg)
+            predict(cfg, explicit=override_keys(argv))
     except KeyboardInterrupt:
         print(f"interrupted: {RESUME_HINT}", file=sys.stderr)
         sys.exit(130)

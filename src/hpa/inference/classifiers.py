@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +28,7 @@ class Classifier:
     size: int
     cell_margin: float | None
     name: str
+    weight: float = 1.0  # its share in its level's ensemble mean (predict's model_weights)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -59,7 +60,8 @@ def load_classifiers(model_dirs: Sequence[str | Path], device: torch.device) -> 
 
 
 def flips_for(tta: Sequence[str] | int) -> list[tuple[int, ...]]:
-    """`[none, hflip]` or a count (1-4, in the order none, hflip, vflip, hvflip) -> flip dims."""
+    """Flip dims only (prediction uses hpa.inference.tta, which adds rotations and scales):
+    `[none, hflip]` or a count (1-4, in the order none, hflip, vflip, hvflip) -> flip dims."""
     names = list(FLIPS)[: int(tta)] if isinstance(tta, int) else list(tta)
     unknown = [n for n in names if n not in FLIPS]
     if unknown or not names:
@@ -69,18 +71,24 @@ def flips_for(tta: Sequence[str] | int) -> list[tuple[int, ...]]:
 
 @torch.inference_mode()
 def predict_probs(
-    nets: Sequence[HPANet], images: np.ndarray, flips: Sequence[tuple[int, ...]], batch_size: int
+    nets: Sequence[HPANet],
+    images: np.ndarray,
+    transforms: Sequence[Callable[[torch.Tensor], torch.Tensor]],
+    batch_size: int,
+    weights: Sequence[float] | None = None,
 ) -> np.ndarray:
-    """N x S x S x 4 uint8 -> N x classes: sigmoid averaged over every net and flip."""
+    """N x S x S x 4 uint8 -> N x classes: sigmoid averaged over every transform (hpa.inference.
+    tta) and over the nets, weighted by `weights` (equal when None)."""
     device = next(nets[0].parameters()).device
+    weights = [1.0] * len(nets) if weights is None else [float(w) for w in weights]
     out = []
     for start in range(0, len(images), batch_size):
         batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
         batch = batch.permute(0, 3, 1, 2).to(device)
         total = None
-        for net in nets:
-            for dims in flips:
-                probs = torch.sigmoid(net(batch.flip(dims) if dims else batch).float())
+        for net, weight in zip(nets, weights, strict=True):
+            for transform in transforms:
+                probs = torch.sigmoid(net(transform(batch)).float()) * weight
                 total = probs if total is None else total + probs
-        out.append((total / (len(nets) * len(flips))).cpu().numpy())
+        out.append((total / (sum(weights) * len(transforms))).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, len(CLASS_NAMES)), np.float32)

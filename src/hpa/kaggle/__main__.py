@@ -6,6 +6,7 @@
     python -m hpa.kaggle submit --message M          # its submission.csv to the competition
 
     python -m hpa.kaggle bundle --out DIR            # wheels for an offline `pip install hpa`
+        [--with-hpacellseg [WHEEL]] [--with-wheel WHEEL]  # + wheels installed with --no-deps
     python -m hpa.kaggle model --model RUN/model --out DIR
     python -m hpa.kaggle kernels --out DIR           # each notebook with kernel-metadata.json
 
@@ -30,9 +31,10 @@ from hpa.kaggle.metadata import (
     default_user,
     install_cell,
 )
-from hpa.kaggle.wheels import BundleError
+from hpa.kaggle.wheels import BundleError, default_hpacellseg_wheel
 from hpa.signals import graceful_sigterm
 
+DEFAULT_WHEEL = Path("<../shared/wheels>")  # --with-hpacellseg given without a file
 HINTS = {
     "push": "the data sets uploaded so far are kept; run the same command again (unchanged ones "
     "are not uploaded twice)",
@@ -94,6 +96,25 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     bundle.add_argument("--user", **user)
     bundle.add_argument("--slug", default="hpa-bundle", help="dataset slug (default: hpa-bundle)")
     bundle.add_argument("--title", default="hpa offline wheels")
+    bundle.add_argument(
+        "--with-hpacellseg",
+        nargs="?",
+        type=Path,
+        const=DEFAULT_WHEEL,
+        metavar="WHEEL",
+        help="add HPA-Cell-Segmentation's wheel (default: ../shared/wheels/hpacellseg-*.whl), "
+        "which the inference notebook installs with pip install --no-deps (segmenter=hpacellseg)",
+    )
+    bundle.add_argument(
+        "--with-wheel",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="WHEEL",
+        help="another wheel to install with --no-deps, e.g. pytorch_zoo's, which hpacellseg's "
+        "weights need: pip wheel --no-deps https://github.com/haoxusci/pytorch_zoo/archive/"
+        "master.zip",
+    )
 
     model = sub.add_parser("model", help="an exported model/ as a Kaggle dataset")
     model.add_argument("--model", type=Path, required=True, help="model/ folder hpa.train wrote")
@@ -156,12 +177,20 @@ def run(args: argparse.Namespace) -> None:
             pushing.submit(kernel, version, args.message)
         return
     if args.command == "bundle":
-        wheels = make_bundle(args.out, args.user, args.slug, args.title)
+        extra = list(args.with_wheel)
+        if args.with_hpacellseg == DEFAULT_WHEEL:
+            extra.insert(0, default_hpacellseg_wheel())
+        elif args.with_hpacellseg is not None:
+            extra.insert(0, args.with_hpacellseg)
+        wheels = make_bundle(args.out, args.user, args.slug, args.title, no_deps=extra)
         print(f"\nwrote {len(wheels)} wheels and dataset-metadata.json to {args.out}")
         print(f"upload:  kaggle datasets create -p {args.out}")
         print(f"update:  kaggle datasets version -p {args.out} -m 'new hpa'")
         print("In a notebook with this dataset attached (Internet off), install with:\n")
         print(f"    {install_cell(args.slug)}\n")
+        if extra:  # what the inference notebook runs when the bundle lists them (no-deps.txt)
+            paths = " ".join(f"/kaggle/input/{args.slug}/{Path(w).name}" for w in extra)
+            print(f"    !pip install --no-index --no-deps {paths}\n")
     elif args.command == "model":
         out = make_model_dataset(args.model, args.out, args.user, args.slug, args.title)
         print(f"wrote {out} (config.json, model.safetensors, dataset-metadata.json)")

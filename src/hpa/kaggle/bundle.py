@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from hpa import doctor_standalone
 from hpa.errors import InputError
-from hpa.fsio import atomic_dir, write_json
+from hpa.fsio import atomic_dir, write_json, write_text
 from hpa.kaggle.image import kaggle_image
 from hpa.kaggle.metadata import (
     DEFAULT_ACCELERATOR,
@@ -21,9 +21,11 @@ from hpa.kaggle.metadata import (
     kernel_slug,
 )
 from hpa.kaggle.wheels import (
+    NO_DEPS_LIST,
     Fetcher,
     PipFetcher,
     build_hpa_wheel,
+    check_no_deps_wheel,
     missing_wheels,
     project_root,
     wheel_requirements,
@@ -33,7 +35,7 @@ DATASET_METADATA = "dataset-metadata.json"
 KERNEL_METADATA = "kernel-metadata.json"
 # What a folder this module wrote may hold; anything else means --out points at the user's files.
 STANDALONE_DOCTOR = "hpa_doctor.py"  # hpa.doctor_standalone, for the notebooks' install cell
-OURS = ("*.whl", "*.ipynb", "*.json", "*.safetensors", STANDALONE_DOCTOR)
+OURS = ("*.whl", "*.ipynb", "*.json", "*.safetensors", STANDALONE_DOCTOR, NO_DEPS_LIST)
 
 
 def check_out(out: Path) -> Path:
@@ -73,10 +75,20 @@ def make_bundle(
     title: str,
     fetch: Fetcher | None = None,
     log: Callable[[str], None] = print,
+    no_deps: Sequence[Path] = (),
 ) -> list[Path]:
-    """hpa's wheel + the wheels Kaggle lacks, flat in `out` (Kaggle skips subfolders) + metadata."""
+    """hpa's wheel + the wheels Kaggle lacks, flat in `out` (Kaggle skips subfolders) + metadata.
+
+    `no_deps`: more wheels (hpacellseg's, say) copied as they are and listed in NO_DEPS_LIST,
+    which the inference notebook installs with `pip install --no-deps`; their dependencies are
+    not fetched.
+    """
     metadata = dataset_metadata(user, slug, title)
     root = project_root()
+    extra = [check_no_deps_wheel(Path(w), "--with-hpacellseg/--with-wheel") for w in no_deps]
+    names = [w.name for w in extra]
+    if len(set(names)) < len(names):
+        raise InputError(f"the same wheel is given twice ({', '.join(names)}); give each once")
     with replacing(out) as tmp:
         log(f"building hpa's wheel from {root}")
         hpa_wheel = build_hpa_wheel(root, tmp)
@@ -88,6 +100,13 @@ def make_bundle(
         missing_wheels(requirements, kaggle_image(), fetch or PipFetcher(), tmp, log)
         # Runs where pip failed and hpa is not installed: it names what does not fit the image.
         shutil.copyfile(doctor_standalone.__file__, tmp / STANDALONE_DOCTOR)
+        for wheel in extra:
+            if (tmp / wheel.name).exists():
+                raise InputError(f"{wheel.name} is in the bundle already; do not add it again")
+            shutil.copy2(wheel, tmp / wheel.name)
+            log(f"  {wheel.name}  (installed with --no-deps, listed in {NO_DEPS_LIST})")
+        if extra:
+            write_text(tmp / NO_DEPS_LIST, "".join(f"{name}\n" for name in names))
         write_json(tmp / DATASET_METADATA, metadata)
     return sorted(out.resolve().glob("*.whl"))
 

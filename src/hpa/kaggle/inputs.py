@@ -12,7 +12,9 @@ Each of those folders is a *mount*. What `auto` looks for, in every mount:
 - models: the mount, or a folder directly in it, holding config.json + model.safetensors
   (`hpa.models.export`; the train notebook's `hpa-model/` output); every distinct one is used;
 - the sample submission: `sample_submission.csv` in a mount; the test images: the `test/`
-  folder beside it; the training data: a mount with `train.csv` and `train/`.
+  folder beside it; the training data: a mount with `train.csv` and `train/`;
+- hpacellseg's weights (segmenter=hpacellseg): the files named as HPACELLSEG_WEIGHTS lists, in
+  a mount or a few folders below it (`segmenter.nuclei_model=auto`, NUCLEI_MODEL in a notebook).
 Nothing found, or two candidates where one is needed, stops with one line (InputError) listing
 what was found and the parameter to set. The root is `$HPA_KAGGLE_INPUT` when set (tests, or a
 copy of Kaggle's inputs on a workstation), else /kaggle/input.
@@ -39,6 +41,18 @@ MOUNTS = ("*", "competitions/*", "datasets/*/*", "notebooks/*/*")
 CONTAINERS = {"competitions", "datasets", "notebooks"}  # hold mounts, are none themselves
 MODEL_FILES = ("config.json", "model.safetensors")  # hpa.models.export's CONFIG and WEIGHTS
 SAMPLE = "sample_submission.csv"
+# HPA-Cell-Segmentation's weight files (segmenter=hpacellseg), first the names Zenodo publishes
+# them under (record 4665863), then those hpacellseg's README and defaults use.
+HPACELLSEG_WEIGHTS = {
+    "nuclei_model": ("dpn_unet_nuclei_v1.pth", "nuclei_model.pth", "nuclei-model.pth"),
+    "cell_model": (
+        "dpn_unet_cell_3ch_v1.pth",
+        "cell_model.pth",
+        "cell-model.pth",
+        "cell_3ch_model.pth",
+    ),
+}
+WEIGHT_DEPTH = 4  # folders below a mount searched for them (a Kaggle model: framework/var/version)
 
 
 def is_auto(value: object) -> bool:
@@ -187,11 +201,61 @@ def find_train_data(root: str | Path | None = None, param: str = "DATA_DIR") -> 
     return _one(found, root, param, "folders with train.csv and train/")
 
 
+def _files_named(mount: Path, names: set[str], depth: int) -> list[Path]:
+    """Files called one of `names` in `mount` or up to `depth` folders below it; each folder is
+    listed once (a competition mount's train/ holds tens of thousands of files)."""
+    found = []
+    for folder, subfolders, files in os.walk(mount):
+        if len(Path(folder).relative_to(mount).parts) >= depth:
+            subfolders.clear()
+        found.extend(Path(folder) / name for name in files if name in names)
+    return sorted(found)
+
+
+def _distinct_files(paths: list[Path]) -> list[Path]:
+    """Drop a file whose bytes equal an earlier one's (one data set attached twice)."""
+    kept: list[Path] = []
+    digests: dict[Path, str] = {}
+    for path in paths:
+        twins = [k for k in kept if k.stat().st_size == path.stat().st_size]
+        digest = digests.setdefault(path, _digest(path)) if twins else ""
+        if not any(digests.setdefault(k, _digest(k)) == digest for k in twins):
+            kept.append(path)
+    return kept
+
+
+def find_hpacellseg_weight(
+    name: str, root: str | Path | None = None, param: str | None = None
+) -> Path:
+    """The attached HPA-Cell-Segmentation weight file `name` (nuclei_model or cell_model).
+
+    Looked for by its file names (HPACELLSEG_WEIGHTS) in every mount and up to WEIGHT_DEPTH
+    folders below it, as a data set or a Kaggle model holds it.
+    """
+    if name not in HPACELLSEG_WEIGHTS:
+        raise ValueError(f"{name!r} is none of {', '.join(HPACELLSEG_WEIGHTS)}")
+    root = input_root(root)
+    param = param or f"segmenter.{name}"
+    names = HPACELLSEG_WEIGHTS[name]
+
+    def match(mount: Path) -> list[Path]:
+        return _files_named(mount, set(names), WEIGHT_DEPTH)
+
+    what = f"hpacellseg {name} ({' or '.join(names)})"
+    hint = (
+        f"a data set with HPA-Cell-Segmentation's {names[0]} (Zenodo record 4665863; "
+        "README: Segmenting cells)"
+    )
+    found = _distinct_files(_search(root, param, what, hint, match))
+    return _one(found, root, param, f"different {names[0]} files")
+
+
 def resolve(values: dict[str, object], root: str | Path | None = None) -> dict[str, object]:
     """The notebooks' parameters with every `auto` replaced by what was found (paths as str).
 
-    Knows BUNDLE_DIR, MODEL_DIRS, INPUT_DIR, SAMPLE_SUBMISSION and DATA_DIR; INPUT_DIR=auto takes
-    the test/ folder beside SAMPLE_SUBMISSION when that one holds it.
+    Knows BUNDLE_DIR, MODEL_DIRS, INPUT_DIR, SAMPLE_SUBMISSION, DATA_DIR, NUCLEI_MODEL and
+    CELL_MODEL (hpacellseg's weights); INPUT_DIR=auto takes the test/ folder beside
+    SAMPLE_SUBMISSION when that one holds it.
     """
     out = dict(values)
     if isinstance(out.get("MODEL_DIRS"), str) and not is_auto(out["MODEL_DIRS"]):
@@ -206,6 +270,9 @@ def resolve(values: dict[str, object], root: str | Path | None = None) -> dict[s
         out["INPUT_DIR"] = str(find_test_dir(root, out.get("SAMPLE_SUBMISSION")))
     if is_auto(out.get("DATA_DIR")):
         out["DATA_DIR"] = str(find_train_data(root))
+    for param, name in (("NUCLEI_MODEL", "nuclei_model"), ("CELL_MODEL", "cell_model")):
+        if is_auto(out.get(param)):
+            out[param] = str(find_hpacellseg_weight(name, root, param))
     return out
 
 
@@ -228,6 +295,7 @@ __all__ = [
     "MOUNTS",
     "ROOT_ENV",
     "find_bundle",
+    "find_hpacellseg_weight",
     "find_models",
     "find_sample_submission",
     "find_test_dir",

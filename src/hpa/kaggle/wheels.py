@@ -141,6 +141,49 @@ class PipFetcher:
 
 Fetcher = Callable[[Requirement, Path], Path]
 
+# Wheels a bundle carries to be installed with `pip install --no-deps` (hpacellseg: its metadata
+# names opencv-python, which would sit beside opencv-python-headless, and pytorch_zoo by a URL).
+# Listed one per line in this file of the bundle; the inference notebook installs them.
+NO_DEPS_LIST = "no-deps.txt"
+HPACELLSEG_WHEELS = "hpacellseg-*.whl"
+HPACELLSEG_SOURCE = (
+    "pip wheel --no-deps -w DIR https://github.com/CellProfiling/HPA-Cell-Segmentation/archive/"
+    "7b6dbc635253f08d392c96269e03149e2fb785c2.zip (release 0.1.8)"
+)
+
+
+def default_hpacellseg_wheel(root: Path | None = None) -> Path:
+    """The hpacellseg wheel in ../shared/wheels beside the checkout, or InputError saying how to
+    make one."""
+    folder = (root or project_root()).parent / "shared" / "wheels"
+    found = sorted(folder.glob(HPACELLSEG_WHEELS))
+    if not found:
+        raise InputError(
+            f"--with-hpacellseg: no {HPACELLSEG_WHEELS} in {folder}; give the wheel's path "
+            f"(--with-hpacellseg FILE), e.g. one built with `{HPACELLSEG_SOURCE}`"
+        )
+    return found[-1]
+
+
+def check_no_deps_wheel(path: Path, option: str) -> Path:
+    """`path` if it is a wheel that installs on Kaggle, else InputError naming it."""
+    if not path.is_file():
+        raise InputError(f"{option} {path}: no such file; give the path of a .whl file")
+    try:
+        name, _, _, _ = parse_wheel_filename(path.name)
+    except ValueError:
+        raise InputError(
+            f"{option} {path}: not a wheel file name (NAME-VERSION-TAGS.whl)"
+        ) from None
+    if not zipfile.is_zipfile(path):
+        raise InputError(f"{option} {path}: not a readable wheel (zip); build or download it again")
+    if not fits_kaggle(path):
+        raise InputError(
+            f"{option} {path.name}: not for Kaggle's platform (CPython {PYTHON[0]}.{PYTHON[1]}, "
+            f"manylinux x86_64); give a pure-Python (py3-none-any) wheel of {name}"
+        )
+    return path
+
 
 def missing_wheels(
     requirements: Iterable[Requirement],
