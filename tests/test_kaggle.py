@@ -254,6 +254,15 @@ def test_bundle_is_flat_with_hpa_wheel_dependencies_and_metadata(tmp_path, capsy
     assert hpa_wheel.name != "hpa-0.0.1-py3-none-any.whl"
     with zipfile.ZipFile(hpa_wheel) as zf:
         assert {"hpa/configs/train.yaml", "hpa/kaggle/kaggle_image.txt"} <= set(zf.namelist())
+        assert "hydra_plugins/hpa_ray_launcher/ray_launcher.py" in zf.namelist()
+    # The sweep extra (hpa[sweep]: Ray, submitit, Optuna) stays out of the bundle:
+    # hpa's wheel declares them only under their extra, so neither they nor anything they pull in
+    # is fetched (their dependencies, e.g. submitit or alembic, come only through them).
+    extras = {"ray", "hydra-submitit-launcher", "hydra-optuna-sweeper", "optuna", "sqlalchemy"}
+    assert extras <= {canonicalize_name(r.name) for r in wheel_requirements(hpa_wheel, ["sweep"])}
+    assert not extras & {canonicalize_name(r.name) for r in wheel_requirements(hpa_wheel)}
+    sweep_stack = extras | {"submitit", "alembic", "cliff", "cmaes", "colorlog", "msgpack"}
+    assert not sweep_stack & {canonicalize_name(w.name.split("-")[0]) for w in wheels}
     # hpa's requirements decide what is fetched: exactly the ones missing from Kaggle's image
     # (kaggle_image.txt; antlr4 comes in as hydra-core's dependency when the image lacks it).
     candidates = ["antlr4-python3-runtime", "hydra-core", "iterative-stratification", "pycocotools"]
@@ -521,3 +530,104 @@ def test_every_visible_gpu_is_checked(monkeypatch):
     assert choose_device("cuda:0") == torch.device("cuda", 0)
     with pytest.raises(InputError, match="GPU 1"):
         choose_device("cuda:1")
+
+
+# --with-hpacellseg: HPA-Cell-Segmentation's wheel in the bundle, installed with --no-deps
+
+
+HPACELLSEG_WHEEL = ROOT.parent / "shared" / "wheels" / "hpacellseg-0.1.8-py3-none-any.whl"
+
+
+@pytest.fixture
+def quick_bundle(monkeypatch):
+    """make_bundle without building hpa's wheel: a stand-in with hpa's name (no dependencies)."""
+    from hpa.kaggle import bundle as bundling
+
+    monkeypatch.setattr(
+        bundling, "build_hpa_wheel", lambda root, dest: write_wheel(dest, "hpa", "0.1.0")
+    )
+    monkeypatch.setattr(bundling, "PipFetcher", lambda: FakeIndex({}))
+
+
+def notebook_no_deps_install(bundle: Path, segmenter: str) -> list[tuple[str, ...]]:
+    """The inference notebook's no-deps.txt step, run with a `run` that records its calls."""
+    import jupytext
+
+    cells = jupytext.read(ROOT / "notebooks" / "kaggle_inference.py").cells
+    (source,) = [c.source for c in cells if "no-deps.txt" in c.source and c.cell_type == "code"]
+    step = source[source.index("no_deps = ") :]
+    calls: list[tuple[str, ...]] = []
+    namespace = {"Path": Path, "BUNDLE_DIR": str(bundle), "SEGMENTER": segmenter}
+    namespace["run"] = lambda *args: calls.append(args)
+    exec(step, namespace)
+    return calls
+
+
+@pytest.mark.skipif(not HPACELLSEG_WHEEL.is_file(), reason=f"no {HPACELLSEG_WHEEL}")
+def test_bundle_with_hpacellseg_carries_its_wheel_installed_without_deps(
+    tmp_path, capsys, quick_bundle, offline_pip
+):
+    out = tmp_path / "bundle"
+    main(["bundle", "--out", str(out), "--user", "me", "--with-hpacellseg"])  # ../shared's wheel
+    assert (out / HPACELLSEG_WHEEL.name).read_bytes() == HPACELLSEG_WHEEL.read_bytes()
+    assert (out / "no-deps.txt").read_text().split() == [HPACELLSEG_WHEEL.name]
+    assert f"--no-deps /kaggle/input/hpa-bundle/{HPACELLSEG_WHEEL.name}" in capsys.readouterr().out
+    # The notebook installs what the list names, with --no-deps, only for segmenter=hpacellseg.
+    assert notebook_no_deps_install(out, "watershed") == []
+    (call,) = notebook_no_deps_install(out, "hpacellseg")
+    wheel = str(out / HPACELLSEG_WHEEL.name)
+    assert call == ("-m", "pip", "install", "--no-index", "--no-deps", wheel)
+    # ... and that command installs it here, offline (hpacellseg's own metadata would want
+    # opencv-python and pytorch_zoo by URL: with --no-deps neither is asked for).
+    target = tmp_path / "site"
+    done = subprocess.run(
+        [sys.executable, *call, "--quiet", "--target", str(target)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert (target / "hpacellseg" / "cellsegmentator.py").is_file()
+    assert sorted(p.name.split("-")[0] for p in target.glob("*.dist-info")) == ["hpacellseg"]
+
+
+def test_bundle_without_the_option_has_no_no_deps_list(tmp_path, quick_bundle):
+    out = tmp_path / "bundle"
+    make_bundle(out, "me", "hpa-bundle", "hpa offline wheels", log=lambda _: None)
+    assert not (out / "no-deps.txt").exists()
+    assert notebook_no_deps_install(out, "hpacellseg") == []
+
+
+def test_bundle_with_more_no_deps_wheels_lists_each(tmp_path, quick_bundle):
+    zoo = write_wheel(tmp_path / "wheels", "pytorch_zoo", "0.0.1")
+    seg = write_wheel(tmp_path / "wheels", "hpacellseg", "0.1.8")
+    out = tmp_path / "bundle"
+    main(["bundle", "--out", str(out), "--with-hpacellseg", str(seg), "--with-wheel", str(zoo)])
+    assert (out / "no-deps.txt").read_text().split() == [seg.name, zoo.name]
+    (call,) = notebook_no_deps_install(out, "hpacellseg")
+    assert call[-2:] == (str(out / seg.name), str(out / zoo.name))
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (lambda d: d / "missing.whl", "no such file"),
+        (lambda d: write_wheel(d, "native", "1.0", tag="cp311-cp311-win_amd64"), "not for Kaggle"),
+        (lambda d: (d / "notes.whl").write_text("x") and d / "notes.whl", "not a wheel file name"),
+    ],
+)
+def test_a_wheel_that_cannot_go_into_the_bundle_exits_2_naming_it(
+    tmp_path, capsys, quick_bundle, make, expected
+):
+    (tmp_path / "w").mkdir()
+    wheel = make(tmp_path / "w")
+    with pytest.raises(SystemExit) as stop:
+        main(["bundle", "--out", str(tmp_path / "bundle"), "--with-hpacellseg", str(wheel)])
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and expected in err and wheel.name in err and "\n" not in err
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_with_hpacellseg_and_no_shared_wheel_says_how_to_make_one(tmp_path, monkeypatch):
+    from hpa.kaggle.wheels import default_hpacellseg_wheel
+
+    (tmp_path / "checkout").mkdir()
+    with pytest.raises(InputError, match=r"no hpacellseg-\*\.whl in .*--with-hpacellseg FILE"):
+        default_hpacellseg_wheel(tmp_path / "checkout")

@@ -361,3 +361,20 @@ def test_multirun_over_folds_writes_each_fold_and_one_merged_oof(tiny_dataset, t
     assert set(folds[0]["ID"]).isdisjoint(folds[1]["ID"])
     expected = pd.concat(folds.values()).set_index("ID").sort_index()
     pd.testing.assert_frame_equal(merged.set_index("ID").sort_index(), expected)
+
+
+@pytest.mark.parametrize(("folds", "merged"), [((0, 1), True), ((0, 0), False)])
+def test_sweep_oof_is_merged_only_over_distinct_folds(tmp_path, folds, merged):
+    """An lr or Optuna sweep on one fold predicts the same samples in every job: merging those
+    would mix trials into a meaningless file."""
+    from hpa.training.finish import merge_sweep_oof
+
+    (tmp_path / "multirun.yaml").write_text("{}\n")
+    for job, fold in enumerate(folds):
+        (tmp_path / str(job)).mkdir()
+        frame = pd.DataFrame({"ID": [f"a{job}", f"b{job}"], "fold": fold, "0": [0.1, 0.9]})
+        frame.to_csv(tmp_path / str(job) / "oof.csv", index=False)
+    merge_sweep_oof(tmp_path / "0")
+    assert (tmp_path / "oof.csv").is_file() == merged
+    if merged:
+        assert sorted(pd.read_csv(tmp_path / "oof.csv")["ID"]) == ["a0", "a1", "b0", "b1"]

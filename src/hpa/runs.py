@@ -13,8 +13,8 @@ $HPA_LOG_DIR or outputs), best val mAP first:
   weakest   the 3 classes with the lowest AP at that epoch
   time      wall time per session (a resume adds one), summed: from Hydra writing the run's
             .hydra/config.yaml to train.log's last line
-  img/s     training images per second of wall time: train samples x epochs / time (start-up
-            and validation included)
+  img/s     training samples per second of trainer.fit (metrics.json's timing: samples seen /
+            train_s, validation included); for a run without it, train samples x epochs / time
   status    done (metrics.json written), unfinished (killed, or still running: epochs from
             csv/metrics.csv) or no epoch (stopped before the first validation)
 
@@ -356,16 +356,18 @@ def read_run(path: Path, label: str) -> Run:
             run.start = datetime.fromtimestamp(begin)
             if ends:
                 run.wall_s = max(0.0, max(ends) - begin)
+    # metrics.json's timing (train.py, around trainer.fit of the last session): the log's
+    # sessions say when and how long (they include start-up and every resume); timing fills in
+    # without a log, and gives img/s as measured (samples seen / train_s).
     timing = metrics.get("timing") if isinstance(metrics.get("timing"), dict) else {}
-    if isinstance(timing.get("started"), str):
+    if isinstance(timing.get("started"), str) and not sessions:
         try:
             started = datetime.fromisoformat(timing["started"])
             run.start = started.astimezone().replace(tzinfo=None) if started.tzinfo else started
         except ValueError:
             pass
-    run.wall_s = _float(timing.get("wall_s")) or run.wall_s
-    if isinstance(timing.get("train_samples"), int):
-        run.train_samples = timing["train_samples"]
+    if not sessions:
+        run.wall_s = _float(timing.get("train_s")) or run.wall_s
     run.img_s = _float(timing.get("train_samples_per_s"))
     if run.img_s is None and run.train_samples and run.epochs and run.wall_s:
         run.img_s = run.train_samples * run.epochs / run.wall_s

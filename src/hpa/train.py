@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,16 @@ def run_dir_for(ckpt_path: str | None, default: str) -> str:
 
 
 OmegaConf.register_new_resolver("hpa_run_dir", run_dir_for, replace=True)
+
+
+def sqlite_url(path: str) -> str:
+    """`sqlite:///` URL of `path` (made absolute, its folder created): an Optuna study file."""
+    file = Path(path).expanduser().resolve()
+    file.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{file}"
+
+
+OmegaConf.register_new_resolver("hpa_sqlite", sqlite_url, replace=True)
 
 
 class Stopped(Exception):
@@ -54,21 +66,23 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from hpa.pipeline import build_datamodule
     from hpa.threads import configure_training_threads
     from hpa.training.checkpointing import AtomicCheckpointIO, checkpoint_summary, weights_only
-    from hpa.training.finish import ValidationPredictions, finish_run
-    from hpa.training.module import HPAModule
+    from hpa.training.finish import SamplesSeen, ValidationPredictions, finish_run
+    from hpa.training.mil import module_class
 
     check_config(cfg, "train")
     configure_training_threads(cfg)  # torch threads = free cores - loader workers (or threads=N)
     pl.seed_everything(cfg.seed, workers=True)
     ckpt_path = check_ckpt(cfg.ckpt_path)
     # The model first: a bad backbone fails in a second, before any data is generated or read.
-    module = HPAModule(
+    # HPAModule, or MILModule for model=mil data=bags (it exports a level=cell model)
+    module_cls, level = module_class(cfg.model, cfg.data.get("level", "image"))
+    module = module_cls(
         model=OmegaConf.to_container(cfg.model, resolve=True),
         optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
         loss=OmegaConf.to_container(cfg.loss, resolve=True),
         class_names=CLASS_NAMES,
         image_size=cfg.data.image_size,
-        level=cfg.data.get("level", "image"),
+        level=level,
         mix=OmegaConf.to_container(cfg.mix, resolve=True),
     )
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
@@ -81,7 +95,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if resumed:
         check_ckpt_matches(ckpt_path, resumed, module)
     predictions = ValidationPredictions()  # the final validation's, for oof.csv and plots
-    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None] + [predictions]
+    seen = SamplesSeen()  # training samples of this fit, for metrics.json's timing
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    callbacks += [predictions, seen]
     loggers = (
         [instantiate(c) for c in cfg.logger.values() if c is not None]
         if cfg.get("logger")
@@ -106,6 +122,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             resumed["global_step"],
             cfg.paths.output_dir,
         )
+    started, t0 = datetime.now().astimezone().isoformat(timespec="seconds"), time.perf_counter()
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, **weights_only(trainer.fit))
     except SIGTERMException:
@@ -114,7 +131,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         raise stopped(cfg, callbacks)
     if not cfg.export:
         return {k: float(v) for k, v in trainer.callback_metrics.items()}
-    return finish_run(trainer, module, datamodule, Path(cfg.paths.output_dir), predictions)
+    timing = seen.timing(started, time.perf_counter() - t0, trainer.world_size)
+    return finish_run(
+        trainer, module, datamodule, Path(cfg.paths.output_dir), predictions, timing=timing
+    )
 
 
 def stopped(cfg: DictConfig, callbacks: list) -> Stopped:
@@ -216,6 +236,34 @@ def _unparsable(argv: list[str]) -> str | None:
     return next(
         (p for p in (override_problem(a) for a in argv if not a.startswith("-")) if p), None
     )
+
+
+# The launchers and sweeper of the `sweep` extra, and the module each needs.
+_SWEEP_PLUGINS = {
+    "hydra/launcher=ray": "ray",
+    "hydra/launcher=slurm": "hydra_plugins.hydra_submitit_launcher",
+    "hydra/launcher=submitit_local": "hydra_plugins.hydra_submitit_launcher",
+    "hydra/launcher=submitit_slurm": "hydra_plugins.hydra_submitit_launcher",
+    "hydra/sweeper=optuna": "hydra_plugins.hydra_optuna_sweeper",
+    "hparams_search=": "hydra_plugins.hydra_optuna_sweeper",
+}
+
+
+def _missing_extra(argv: list[str]) -> str | None:
+    """A launcher or sweeper asked for whose package is not installed: name the extra."""
+    from importlib.util import find_spec
+
+    for arg in argv:
+        for choice, module in _SWEEP_PLUGINS.items():
+            if not arg.startswith(choice) or arg.endswith("=null"):
+                continue
+            try:
+                found = find_spec(module) is not None
+            except ImportError:  # a missing parent package
+                found = False
+            if not found:
+                return f"{arg} needs the sweep extra: pip install 'hpa[sweep]'"
+    return None
 
 
 # What a run writes into its folder. A folder holding any of the first four holds a run that a new
@@ -326,6 +374,9 @@ def main() -> None:
             key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
             if not any(a.startswith(key + "=") for a in argv):
                 argv[i] = f"{key}={arg.split('=', 1)[1]}"
+    # The contract's `hydra/sweeper=optuna` maximises (the plugin's default is to minimise).
+    if "hydra/sweeper=optuna" in argv and _arg(argv, "hydra.sweeper.direction") is None:
+        argv.insert(argv.index("hydra/sweeper=optuna") + 1, "hydra.sweeper.direction=maximize")
     if not any(a in ("-h", "--help", "--cfg", "-c", "--info", "-i") for a in argv):
         try:
             argv = guard_run_folder(argv)
@@ -342,7 +393,7 @@ def main() -> None:
     except SystemExit as done:
         if done.code == 1 and not _composed:
             hint = "`python -m hpa.train --help` lists the config groups and their options"
-            what = _unparsable(argv) or "bad override or config (see above)"
+            what = _unparsable(argv) or _missing_extra(argv) or "bad override or config (see above)"
             print(f"error: {what}; {hint}", file=sys.stderr)
             sys.exit(2)
         raise

@@ -44,15 +44,39 @@ class ValidationPredictions(pl.Callback):
         return torch.cat(self.probs), torch.cat(self.targets)
 
 
+class SamplesSeen(pl.Callback):
+    """Counts the training samples of a fit (this process's batches), for metrics.json's
+    `timing`, which `python -m hpa.runs` shows as img/s."""
+
+    def __init__(self) -> None:
+        self.samples = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.samples += len(batch[1])  # the targets: one row per image (or cell, or bag)
+
+    def timing(self, started: str, train_s: float, world_size: int = 1) -> dict[str, Any]:
+        """`started` (ISO time) and `train_s` (seconds) measured around trainer.fit; every rank
+        sees as many samples as this one (DistributedSampler)."""
+        samples = self.samples * world_size
+        return {
+            "started": started,
+            "train_s": round(train_s, 3),
+            "train_samples": samples,
+            "train_samples_per_s": round(samples / train_s, 3) if train_s > 0 else None,
+        }
+
+
 def finish_run(
     trainer: pl.Trainer,
     module: HPAModule,
     datamodule: Any,
     out: Path,
     predictions: ValidationPredictions,
+    timing: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Validate the best checkpoint, then (rank 0 only) write metrics.json, model/, plots and
-    oof.csv from those same weights (with callbacks=ema: the average that was validated)."""
+    oof.csv from those same weights (with callbacks=ema: the average that was validated).
+    `timing` (SamplesSeen.timing) goes into metrics.json as it is."""
     ckpt = trainer.checkpoint_callback
     best = ckpt.best_model_path if ckpt and ckpt.best_model_path else None
     results = trainer.validate(
@@ -86,6 +110,8 @@ def finish_run(
         "image_size": int(hparams.image_size),
         "fold": int(datamodule.fold),
     }
+    if timing:
+        metrics["timing"] = timing
     if trainer.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "metrics.json", metrics)
@@ -167,7 +193,8 @@ def write_plots_and_oof(
     plots.plot_pr_curves(probs, targets, module.class_names, folder / "pr_curves.png")
     val_set = datamodule.val_set
     n = min(12, len(val_set), len(probs))
-    images = [val_set[i][0].numpy() for i in range(n)]
+    preview = getattr(val_set, "preview", None)  # a bag of cells shows its crops in a grid
+    images = [preview(i) if preview else val_set[i][0].numpy() for i in range(n)]
     plots.plot_samples(images, probs[:n], targets[:n], folder / "val_samples.png")
     keys = val_set.item_keys()
     if not in_order or len(keys["ID"]) != len(probs):
@@ -189,7 +216,14 @@ def merge_sweep_oof(out: Path, key: list[str] | None = None) -> None:
     parts = sorted(sweep.glob("*/oof.csv"))
     if len(parts) < 2 or not (sweep / "multirun.yaml").exists():
         return
-    merged = pd.concat([pd.read_csv(p) for p in parts])
+    frames = [pd.read_csv(p) for p in parts]
+    folds = [tuple(sorted(set(f["fold"]))) if "fold" in f else () for f in frames]
+    if any(len(f) != 1 for f in folds) or len(set(folds)) != len(folds):
+        # Not a sweep over data.fold (e.g. an lr or Optuna search on one fold): the jobs predict
+        # the same samples with different settings, and a merged file would mean nothing.
+        log.info("oof: the jobs of %s do not cover distinct folds; no merged oof.csv", sweep)
+        return
+    merged = pd.concat(frames)
     merged = merged.drop_duplicates(key or ["ID"], keep="last")
     with atomic_path(sweep / "oof.csv") as tmp:
         merged.to_csv(tmp, index=False, float_format="%.5f")
