@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -115,3 +116,100 @@ def test_cli_bad_value_exits_2(tmp_path):
     )
     assert r.returncode == 2
     assert "bit_depth=12" in r.stderr and "Traceback" not in r.stderr
+
+
+# ---- benchmark options: non-expressing cells, unannotated border cells ----------------------
+
+
+def test_non_expressing_cells_are_negative_and_dark():
+    # noise=0, blur=0: a cell without green has exactly the background's green value.
+    cfg = SyntheticConfig(image_size=96, seed=1, skew=0.0, non_expressing=0.5, noise=0, blur=0)
+    silent, lit = 0, []
+    for i in range(12):
+        s = render_sample(cfg, i)
+        expressed = sorted({c for labels in s.cell_labels for c in labels if c != NEGATIVE})
+        assert s.image_labels == (expressed or [NEGATIVE])  # the union of expressing cells
+        green, background = s.image[..., 1], s.image[..., 1][s.cells == 0]
+        assert len(np.unique(background)) == 1
+        for cell_id, labels in enumerate(s.cell_labels, start=1):
+            inside = green[s.cells == cell_id]
+            if labels == [NEGATIVE]:
+                assert (inside == background[0]).all()
+                silent += s.image_labels != [NEGATIVE]
+            else:
+                lit.append(inside.max() > background[0])
+    assert silent > 0  # some positive images hold Negative cells
+    # Expressing cells do show green (a rare pattern can fall outside its small cell).
+    assert np.mean(lit) > 0.9
+
+
+@pytest.mark.parametrize("options", [{}, {"non_expressing": 0.5, "negative_cells": 0.0}])
+def test_without_non_expressing_every_cell_of_a_positive_image_expresses(options):
+    cfg = SyntheticConfig(image_size=96, seed=1, skew=0.0, **options)
+    for i in range(12):
+        s = render_sample(cfg, i)
+        if s.image_labels != [NEGATIVE]:
+            assert all(NEGATIVE not in labels for labels in s.cell_labels)
+
+
+def test_non_expressing_must_be_a_fraction():
+    with pytest.raises(gen.InputError, match="non_expressing=1.5"):
+        SyntheticConfig(non_expressing=1.5)
+
+
+def _perfect_submission(cells: pd.DataFrame, masks: Path, path: Path) -> Path:
+    """Every cell of `cells` with each of its labels at confidence 1 (empty labels skipped)."""
+    from hpa.submission import encode_binary_mask
+
+    rows = []
+    for sid, mine in cells.groupby("ID"):
+        mask = cv2.imread(str(masks / f"{sid}.png"), cv2.IMREAD_UNCHANGED)
+        triples = [
+            f"{c} 1.0 {encode_binary_mask(mask == row.cell_id)}"
+            for row in mine.itertuples()
+            if row.Label
+            for c in parse_labels(row.Label)
+        ]
+        rows.append((sid, mask.shape[1], mask.shape[0], " ".join(triples)))
+    columns = ["ID", "ImageWidth", "ImageHeight", "PredictionString"]
+    pd.DataFrame(rows, columns=columns).to_csv(path, index=False)
+    return path
+
+
+def test_border_cells_are_unannotated_and_detections_on_them_are_false_positives(tmp_path):
+    from hpa.evaluate import evaluate
+    from hpa.submission.truth import TruthSet
+
+    options = dict(n_images=6, seed=4, image_size=64, cells_per_image=(4, 8), workers=1)
+    full = gen.generate_dataset(SyntheticConfig(**options), tmp_path / "full", progress=False)
+    cut = gen.generate_dataset(
+        SyntheticConfig(**options, border_truth=False), tmp_path / "cut", progress=False
+    )
+    read = dict(dtype={"ID": str, "Label": str}, keep_default_na=False)
+    all_cells, cells = (
+        pd.read_csv(full / "cells.csv", **read),
+        pd.read_csv(cut / "cells.csv", **read),
+    )
+    assert (all_cells.Label != "").all()
+    assert (all_cells[["ID", "cell_id"]] == cells[["ID", "cell_id"]]).all().all()
+    truth = TruthSet(cut)
+    n_border = 0
+    for sid in truth.ids:
+        mask = truth.mask(sid)  # masks/ still holds every cell, border ones included
+        np.testing.assert_array_equal(
+            mask, cv2.imread(str(full / "masks" / f"{sid}.png"), cv2.IMREAD_UNCHANGED)
+        )
+        edge = set(np.unique(np.concatenate([mask[0], mask[-1], mask[:, 0], mask[:, -1]])))
+        mine = cells[cells["ID"].eq(sid)]
+        empty = set(mine.cell_id[mine.Label == ""])
+        assert empty == edge - {0}
+        assert all(truth.cell_classes[sid][c] == [] for c in empty)
+        n_border += len(empty)
+    assert 0 < n_border < len(cells)
+    # Perfect on the annotated cells: 1.0. The same plus the border cells' true labels: each
+    # border detection is a false positive at confidence 1, so the score drops.
+    annotated = _perfect_submission(cells, cut / "masks", tmp_path / "annotated.csv")
+    everything = _perfect_submission(all_cells, cut / "masks", tmp_path / "everything.csv")
+    assert evaluate(annotated, cut, progress=False)["mAP"] == 1.0
+    assert evaluate(everything, cut, progress=False)["mAP"] < 1.0
+    assert evaluate(everything, full, progress=False)["mAP"] == 1.0

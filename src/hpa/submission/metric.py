@@ -57,7 +57,8 @@ def match_image(
     """True-positive flags for one image's detections (greedy per class, by confidence).
 
     `iou[m, t]` is the IoU of mask m with truth cell t; `truth_classes[t]` are the classes of
-    truth cell t (a cell with several classes is a ground-truth instance of each).
+    truth cell t (a cell with several classes is a ground-truth instance of each; one with none
+    was not annotated, and a detection on it is a false positive).
     """
     is_tp = np.zeros(len(detections), dtype=bool)
     matched = np.zeros((NUM_CLASSES, iou.shape[1]), dtype=bool)

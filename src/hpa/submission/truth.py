@@ -52,7 +52,8 @@ class TruthSet:
 
 
 def read_cell_classes(path: Path) -> dict[str, dict[int, list[int]]]:
-    """cells.csv -> {ID: {cell_id: [classes]}}."""
+    """cells.csv -> {ID: {cell_id: [classes]}}; an empty Label is a cell nobody annotated ([]):
+    it is no ground truth of any class, so a detection on it is a false positive."""
     try:
         frame = pd.read_csv(path, dtype={"ID": str, "Label": str}, keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as err:
@@ -72,5 +73,5 @@ def read_cell_classes(path: Path) -> dict[str, dict[int, list[int]]]:
         cells = classes.setdefault(row.ID, {})
         if cell_id in cells:
             raise InputError(f"{where}: duplicate row; each cell appears once")
-        cells[cell_id] = parse_labels(row.Label, where=where)
+        cells[cell_id] = parse_labels(row.Label, where=where) if row.Label.strip() else []
     return classes

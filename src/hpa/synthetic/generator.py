@@ -64,6 +64,14 @@ class SyntheticConfig:
     blur: float = 0.6  # Gaussian sigma in pixels at 256 px (scaled with image size)
     split: str = "train"
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    # Weak labels as in the real data: in a share `negative_cells` of the positive images, each
+    # cell is, with probability `non_expressing`, a cell that does not express the protein (no
+    # green, true label Negative); the image label is the union of the expressing cells' labels.
+    non_expressing: float = 0.0
+    negative_cells: float = 1.0
+    # False: cells cut by the image border stay in masks/ but get an empty Label in cells.csv
+    # (not annotated, as in the real test set: a detection on one is a false positive).
+    border_truth: bool = True
 
     def __post_init__(self) -> None:
         if self.bit_depth not in (8, 16):
@@ -79,6 +87,9 @@ class SyntheticConfig:
         lo, hi = self.cells_per_image
         if not 1 <= lo <= hi:
             raise InputError(f"cells_per_image={self.cells_per_image}: need 1 <= min <= max")
+        for name in ("non_expressing", "negative_cells"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise InputError(f"{name}={getattr(self, name)}: use a fraction from 0 to 1")
 
 
 def class_probabilities(skew: float) -> np.ndarray:
@@ -112,6 +123,24 @@ def assign_cell_labels(
     return [sorted(set(labels)) for labels in cells]
 
 
+def silence_cells(
+    rng: np.random.Generator, cell_labels: list[list[int]], fraction: float, share: float
+) -> list[list[int]]:
+    """With probability `share` (a positive image), each cell is Negative with probability
+    `fraction`: it does not express the protein. Draws nothing when `fraction` is 0, so that
+    data sets without the option stay byte for byte as they were."""
+    if fraction <= 0 or not cell_labels or cell_labels[0] == [NEGATIVE] or rng.random() >= share:
+        return cell_labels
+    quiet = rng.random(len(cell_labels)) < fraction
+    return [[NEGATIVE] if q else labels for q, labels in zip(quiet, cell_labels, strict=True)]
+
+
+def image_label(cell_labels: list[list[int]]) -> list[int]:
+    """The union of the expressing cells' labels; Negative when no cell expresses anything."""
+    union = sorted({c for labels in cell_labels for c in labels if c != NEGATIVE})
+    return union or [NEGATIVE]
+
+
 @dataclass
 class Sample:
     sample_id: str
@@ -137,6 +166,9 @@ def render_sample(cfg: SyntheticConfig, index: int) -> Sample:
     n_cells = int(rng.integers(cfg.cells_per_image[0], cfg.cells_per_image[1] + 1))
     cell_masks, nuclei, cells = layout_cells(rng, size, n_cells)
     cell_labels = assign_cell_labels(rng, image_labels, len(cells))
+    if cfg.non_expressing > 0:
+        cell_labels = silence_cells(rng, cell_labels, cfg.non_expressing, cfg.negative_cells)
+        image_labels = image_label(cell_labels)
     if not cells:
         image_labels = [NEGATIVE]
 
@@ -149,7 +181,7 @@ def render_sample(cfg: SyntheticConfig, index: int) -> Sample:
         blue = cell.nucleus * np.clip(dna, 0.2, 1.0)
         ctx = Context(red=red, yellow=yellow, unit=unit)
         green = np.zeros_like(red)
-        for c in labels:
+        for c in labels:  # Negative draws no green (patterns.negative is all zeros)
             green = np.maximum(green, PATTERNS[c](rng, cell, ctx))
         green *= rng.uniform(0.6, 1.0) * cell.mask
         for plane, values in zip(planes, (red, green, blue, yellow), strict=True):
@@ -169,16 +201,26 @@ def render_sample(cfg: SyntheticConfig, index: int) -> Sample:
     return Sample(sample_id(cfg.seed, index), image, cell_masks, nuclei, image_labels, cell_labels)
 
 
+def border_cells(cells: np.ndarray) -> set[int]:
+    """Ids of the cells an image's edge cuts (they touch its outermost pixels)."""
+    edge = np.concatenate([cells[0], cells[-1], cells[:, 0], cells[:, -1]])
+    return set(np.unique(edge).tolist()) - {0}
+
+
 def _write_sample(
     args: tuple[SyntheticConfig, int, Path],
-) -> tuple[str, list[int], list[list[int]]]:
+) -> tuple[str, list[int], list[list[int] | None]]:
     cfg, index, out = args
     s = render_sample(cfg, index)
+    cell_labels: list[list[int] | None] = list(s.cell_labels)
+    if not cfg.border_truth:  # in masks/, but not annotated: an empty Label in cells.csv
+        cut = border_cells(s.cells)
+        cell_labels = [None if i in cut else x for i, x in enumerate(cell_labels, start=1)]
     for c, channel in enumerate(CHANNELS):
         write_channel(out / cfg.split / f"{s.sample_id}_{channel}.png", s.image[..., c])
     write_channel(out / "masks" / f"{s.sample_id}.png", s.cells)
     write_channel(out / "nuclei" / f"{s.sample_id}.png", s.nuclei)
-    return s.sample_id, s.image_labels, s.cell_labels
+    return s.sample_id, s.image_labels, cell_labels
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
@@ -240,7 +282,7 @@ def generate_dataset(cfg: SyntheticConfig, out: str | Path, progress: bool = Tru
 
     rows = [(sid, format_labels(labels)) for sid, labels, _ in results]
     cell_rows = [
-        (sid, cell_id, format_labels(labels))
+        (sid, cell_id, "" if labels is None else format_labels(labels))
         for sid, _, per_cell in results
         for cell_id, labels in enumerate(per_cell, start=1)
     ]

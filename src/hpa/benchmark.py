@@ -1,0 +1,549 @@
+"""python -m hpa.benchmark out=DIR: every variant of configs/benchmark.yaml on one held-out set.
+
+The data (a training set and a test set with its truth, from different seeds) is generated once
+into DIR and reused. Each variant is trained with `python -m hpa.train`, predicted on the test set
+with the true cell masks (`python -m hpa.predict segmenter=truth`, so segmentation is held
+constant) and scored with `python -m hpa.evaluate`, each a subprocess run one at a time and logged
+to DIR/<variant>/<stage>.log. DIR/benchmark.json holds {variant: {cell_mAP, AP_per_class,
+train_s, predict_s}}, rewritten atomically after each variant; a variant whose result is there
+with unchanged settings is skipped on a rerun.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from hpa.cli import compose
+from hpa.errors import InputError, exit_on_input_error
+from hpa.fsio import write_json
+from hpa.labels import CLASS_NAMES, NUM_CLASSES
+from hpa.signals import graceful_sigterm
+
+SPEC_KEYS = {"train", "predict", "from", "models", "before"}
+DATA_STAMP = ".hpa-benchmark-data.json"
+RESULT = "result.json"
+# {out}, {variant_dir}, {train_data}, {test_data}, {variant:NAME}; never ${...} (Hydra's own).
+PLACEHOLDER = re.compile(r"(?<!\$)\{(out|variant_dir|train_data|test_data|variant:[\w.-]+)\}")
+
+
+class VariantFailed(Exception):
+    """One stage of a variant exited non-zero; the others still run."""
+
+    def __init__(self, name: str, stage: str, code: int, log: Path) -> None:
+        self.name, self.stage, self.code, self.log = name, stage, code, log
+        super().__init__(f"variant {name} failed: {stage} exited {code}; see {log}")
+
+
+# ---- the variants --------------------------------------------------------------------------
+
+
+def override_key(override: str) -> str:
+    """`data.root=X` -> `data.root`; `+trainer.x=1` -> `trainer.x` (what a later one replaces)."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def merge_overrides(*lists: Sequence[str]) -> list[str]:
+    """Concatenate override lists; a later override of the same key replaces the earlier one."""
+    merged: dict[str, str] = {}
+    for overrides in lists:
+        for o in overrides:
+            merged.pop(override_key(o), None)
+            merged[override_key(o)] = o
+    return list(merged.values())
+
+
+class Benchmark:
+    """The composed benchmark config: paths, data options and the variant specs."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.train_data = self.out / "data" / "train"
+        self.test_data = self.out / "test"
+        specs = OmegaConf.to_container(cfg.specs, resolve=True) or {}
+        if not isinstance(specs, dict):
+            raise InputError("specs must map variant names to their settings; see benchmark.yaml")
+        self.specs: dict[str, dict[str, Any]] = {}
+        for name, spec in specs.items():
+            spec = spec or {}
+            where = f"benchmark.yaml specs.{name}"
+            if not isinstance(spec, dict):
+                raise InputError(f"{where}: give a mapping (train:, predict:, from:, ...)")
+            unknown = sorted(set(spec) - SPEC_KEYS)
+            if unknown:
+                raise InputError(f"{where}: unknown key {unknown[0]}; use {sorted(SPEC_KEYS)}")
+            for key in ("train", "predict", "models", "before"):
+                if not isinstance(spec.get(key, []), list):
+                    raise InputError(f"{where}.{key}: give a list")
+            self.specs[str(name)] = spec
+        for name in self.specs:
+            for dep in self.model_sources(name):
+                if dep not in self.specs:
+                    raise InputError(
+                        f"benchmark.yaml specs.{name}: variant {dep!r} is not defined; "
+                        f"known: {', '.join(self.specs)}"
+                    )
+            for dep in self.placeholder_deps(name):
+                if dep not in self.specs:
+                    raise InputError(
+                        f"benchmark.yaml specs.{name}: {{variant:{dep}}} names no variant; "
+                        f"known: {', '.join(self.specs)}"
+                    )
+        self.check_cycles()
+
+    # What a variant needs -------------------------------------------------------------------
+    def trains(self, name: str) -> bool:
+        spec = self.specs[name]
+        return not spec.get("from") and (not spec.get("models") or name in spec["models"])
+
+    def model_sources(self, name: str) -> list[str]:
+        """The variants whose trained models this one predicts with."""
+        spec = self.specs[name]
+        if spec.get("from"):
+            return [str(spec["from"])] + [str(m) for m in spec.get("models", [])]
+        if spec.get("models"):
+            return [str(m) for m in spec["models"]]
+        return [name]
+
+    def placeholder_deps(self, name: str) -> list[str]:
+        spec = self.specs[name]
+        words = [str(w) for w in spec.get("train", []) + spec.get("predict", [])]
+        words += [str(w) for cmd in spec.get("before", []) for w in cmd]
+        return [
+            m.group(1).split(":", 1)[1]
+            for w in words
+            for m in PLACEHOLDER.finditer(w)
+            if m.group(1).startswith("variant:")
+        ]
+
+    def train_deps(self, name: str) -> list[str]:
+        """Variants that must be trained before `name` can be (and be predicted)."""
+        deps = [d for d in self.model_sources(name) if d != name]
+        deps += [d for d in self.placeholder_deps(name) if d != name]
+        return list(dict.fromkeys(deps))
+
+    def check_cycles(self) -> None:
+        state: dict[str, int] = {}
+
+        def visit(name: str, path: list[str]) -> None:
+            if state.get(name) == 2:
+                return
+            if state.get(name) == 1:
+                raise InputError(
+                    f"benchmark.yaml: variants depend on each other in a circle: "
+                    f"{' -> '.join(path + [name])}"
+                )
+            state[name] = 1
+            for dep in self.train_deps(name):
+                visit(dep, path + [name])
+            state[name] = 2
+
+        for name in self.specs:
+            visit(name, [])
+
+    # Commands ---------------------------------------------------------------------------------
+    def variant_dir(self, name: str) -> Path:
+        return self.out / name
+
+    def substitute(self, text: str, name: str) -> str:
+        def repl(m: re.Match) -> str:
+            key = m.group(1)
+            if key.startswith("variant:"):
+                return str(self.variant_dir(key.split(":", 1)[1]))
+            return str(
+                {
+                    "out": self.out,
+                    "variant_dir": self.variant_dir(name),
+                    "train_data": self.train_data,
+                    "test_data": self.test_data,
+                }[key]
+            )
+
+        return PLACEHOLDER.sub(repl, str(text))
+
+    def train_overrides(self, name: str) -> list[str]:
+        spec = self.specs[name]
+        merged = merge_overrides(list(self.cfg.base.train), [str(o) for o in spec.get("train", [])])
+        merged = merge_overrides(merged, [f"paths.output_dir={self.variant_dir(name) / 'train'}"])
+        return [self.substitute(o, name) for o in merged]
+
+    def model_dirs(self, name: str) -> list[Path]:
+        return [self.variant_dir(m) / "train" / "model" for m in self.model_sources(name)]
+
+    def predict_overrides(self, name: str) -> list[str]:
+        spec = self.specs[name]
+        models = ",".join(str(m) for m in self.model_dirs(name))
+        fixed = [
+            f"models=[{models}]",
+            f"input_dir={self.test_data / 'test'}",
+            f"sample_submission={self.test_data / 'sample_submission.csv'}",
+            f"submission={self.variant_dir(name) / 'submission.csv'}",
+        ]
+        merged = merge_overrides(
+            list(self.cfg.base.predict), [str(o) for o in spec.get("predict", [])], fixed
+        )
+        return [self.substitute(o, name) for o in merged]
+
+    def before_commands(self, name: str) -> list[list[str]]:
+        commands = []
+        for i, cmd in enumerate(self.specs[name].get("before", [])):
+            if not isinstance(cmd, list) or not cmd:
+                raise InputError(
+                    f"benchmark.yaml specs.{name}.before[{i}]: give [python_module, arg, ...]"
+                )
+            commands.append([self.substitute(str(w), name) for w in cmd])
+        return commands
+
+    def fingerprint(self, name: str, stage: str = "all") -> str:
+        """Changes whenever anything that decides the variant's result (or its models') does."""
+        parts: dict[str, Any] = {"data": OmegaConf.to_container(self.cfg.data, resolve=True)}
+        if self.trains(name):
+            parts["before"] = self.before_commands(name)
+            parts["train"] = self.train_overrides(name)
+        parts["deps"] = {d: self.fingerprint(d, "train") for d in self.train_deps(name)}
+        if stage == "all":
+            parts["predict"] = self.predict_overrides(name)
+        text = json.dumps(parts, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def check_overrides(self, names: Sequence[str]) -> None:
+        """Compose every train and predict command now: a bad override stops in a second, with
+        the variant named, not after the variants before it have trained."""
+        for name in names:
+            if self.trains(name):
+                try:
+                    compose("train", self.train_overrides(name))
+                except InputError as err:
+                    raise InputError(f"variant {name}, train: {err}") from None
+            try:
+                compose("predict", self.predict_overrides(name))
+            except InputError as err:
+                raise InputError(f"variant {name}, predict: {err}") from None
+
+
+def selected(bench: Benchmark, variants: Any) -> list[str]:
+    if variants is None:
+        return list(bench.specs)
+    names = [
+        str(v)
+        for v in (
+            variants
+            if OmegaConf.is_list(variants) or isinstance(variants, list)
+            else str(variants).split(",")
+        )
+    ]
+    unknown = [n for n in names if n not in bench.specs]
+    if unknown:
+        raise InputError(
+            f"variants: {unknown[0]!r} is not a variant of benchmark.yaml; "
+            f"known: {', '.join(bench.specs)}"
+        )
+    if not names:
+        raise InputError("variants=[] selects nothing; name some, or leave variants unset")
+    return list(dict.fromkeys(names))
+
+
+# ---- data -----------------------------------------------------------------------------------
+
+
+def ensure_data(bench: Benchmark, progress: bool) -> None:
+    """Generate the training and the test set once; regenerate one whose options changed."""
+    from hpa.synthetic.generator import SyntheticConfig, generate_atomically
+
+    data = OmegaConf.to_container(bench.cfg.data, resolve=True)
+    common = data.get("common") or {}
+    for split, folder in (("train", bench.train_data), ("test", bench.test_data)):
+        options = {**common, **(data.get(split) or {}), "split": split}
+        options = {k: v for k, v in options.items() if v is not None}
+        stamp = folder / DATA_STAMP
+        if stamp.is_file() and json.loads(stamp.read_text()) == options:
+            continue
+        try:
+            cfg = SyntheticConfig(**options)
+        except TypeError as err:
+            raise InputError(f"benchmark.yaml data.{split}: {err}") from None
+        tqdm.write(f"benchmark: generating the {split} set ({cfg.n_images} images) into {folder}")
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        generate_atomically(cfg, folder, progress=progress)  # only ever replaces a synthetic set
+        write_json(stamp, options)
+
+
+# ---- running --------------------------------------------------------------------------------
+
+
+def run_stage(cmd: list[str], log: Path, name: str, stage: str, timeout_s: float) -> float:
+    """Run one subprocess with its output in `log`; its wall time. SIGTERM reaching us (raised
+    as hpa.signals.Terminated) is passed on to the child, which saves what it can."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
+    start = time.monotonic()
+    with open(log, "a") as fh:  # a rerun appends: what a stopped run logged stays
+        fh.write("$ " + shlex.join(cmd) + "\n")
+        fh.flush()
+        child = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+        try:
+            code = child.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            child.send_signal(signal.SIGTERM)
+            code = _reap(child)
+            fh.write(f"\nhpa.benchmark: stopped after timeout_s={timeout_s}\n")
+        except BaseException:  # Terminated (SIGTERM), KeyboardInterrupt: stop the child too
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+                _reap(child)
+            raise
+    if code != 0:
+        raise VariantFailed(name, stage, code, log)
+    return time.monotonic() - start
+
+
+def _reap(child: subprocess.Popen, grace_s: float = 60.0) -> int:
+    try:
+        return child.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        return child.wait()
+
+
+def python_module(module: str, args: Sequence[str]) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+def ensure_trained(bench: Benchmark, name: str, done: dict[str, Any]) -> float:
+    """Train `name` (after what it depends on) unless its model is there with the same
+    settings; the seconds its before-commands and training took (0 when reused)."""
+    if name in done:
+        if isinstance(done[name], VariantFailed):  # failed earlier in this run: not again
+            raise done[name]
+        return done[name]
+    try:
+        seconds = _train(bench, name, done)
+    except VariantFailed as err:
+        done[name] = err
+        raise
+    done[name] = seconds
+    return seconds
+
+
+def _train(bench: Benchmark, name: str, done: dict[str, Any]) -> float:
+    for dep in bench.train_deps(name):
+        ensure_trained(bench, dep, done)
+    if not bench.trains(name):
+        return 0.0
+    vdir = bench.variant_dir(name)
+    stamp = vdir / "train.json"
+    fingerprint = bench.fingerprint(name, "train")
+    if stamp.is_file() and (vdir / "train" / "model").is_dir():
+        saved = json.loads(stamp.read_text())
+        if saved.get("fingerprint") == fingerprint:
+            return float(saved["train_s"])
+    vdir.mkdir(parents=True, exist_ok=True)
+    seconds = 0.0
+    for i, cmd in enumerate(bench.before_commands(name)):
+        log = vdir / f"before{i}.log"
+        seconds += run_stage(
+            python_module(cmd[0], cmd[1:]),
+            log,
+            name,
+            f"before[{i}] {cmd[0]}",
+            float(bench.cfg.timeout_s),
+        )
+    overrides = bench.train_overrides(name)
+    from hpa.train import holds_run
+
+    started = vdir / "train.started.json"
+    last = vdir / "train" / "checkpoints" / "last.ckpt"
+    same = started.is_file() and json.loads(started.read_text()).get("fingerprint") == fingerprint
+    if same and last.is_file():  # stopped (SIGTERM) with these settings: continue where it was
+        overrides.append(f"ckpt_path={last}")
+    elif holds_run(vdir / "train"):  # another run: moved aside by hpa.train, never deleted
+        overrides.append("overwrite=true")
+    write_json(started, {"fingerprint": fingerprint})
+    seconds += run_stage(
+        python_module("hpa.train", overrides),
+        vdir / "train.log",
+        name,
+        "hpa.train",
+        float(bench.cfg.timeout_s),
+    )
+    write_json(stamp, {"fingerprint": fingerprint, "train_s": seconds})
+    return seconds
+
+
+def run_variant(bench: Benchmark, name: str, done: dict[str, Any]) -> dict[str, Any]:
+    vdir = bench.variant_dir(name)
+    train_s = ensure_trained(bench, name, done)
+    timeout = float(bench.cfg.timeout_s)
+    predict_s = run_stage(
+        python_module("hpa.predict", bench.predict_overrides(name)),
+        vdir / "predict.log",
+        name,
+        "hpa.predict",
+        timeout,
+    )
+    metrics = vdir / "metrics.json"
+    run_stage(
+        python_module(
+            "hpa.evaluate",
+            [
+                f"submission={vdir / 'submission.csv'}",
+                f"truth_dir={bench.test_data}",
+                f"metrics={metrics}",
+                "progress=false",
+            ],
+        ),
+        vdir / "evaluate.log",
+        name,
+        "hpa.evaluate",
+        timeout,
+    )
+    scored = json.loads(metrics.read_text())
+    return {
+        "cell_mAP": scored["mAP"],
+        "AP_per_class": scored["AP_per_class"],
+        "train_s": round(train_s, 1),
+        "predict_s": round(predict_s, 1),
+    }
+
+
+def finished(bench: Benchmark, name: str) -> dict[str, Any] | None:
+    path = bench.variant_dir(name) / RESULT
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    if saved.get("fingerprint") != bench.fingerprint(name):
+        return None
+    return saved["result"]
+
+
+# ---- the table ------------------------------------------------------------------------------
+
+
+def table(results: Mapping[str, dict[str, Any] | None], rare: Sequence[int], markdown: bool) -> str:
+    """One row per variant: cell mAP, the rare classes' AP, train and predict seconds."""
+    head = [
+        "variant",
+        "cell mAP",
+        *[f"AP{c}" for c in rare],
+        "train s",
+        "predict s",
+    ]
+
+    legend = "cell mAP on the held-out test set; rare classes: " + ", ".join(
+        f"AP{c} = {CLASS_NAMES[c]}" for c in rare
+    )
+
+    def num(v: Any, fmt: str) -> str:
+        return "-" if v is None else format(v, fmt)
+
+    rows = []
+    for name, r in results.items():
+        if r is None:
+            rows.append([name, "failed", *["-"] * len(rare), "-", "-"])
+            continue
+        ap = r["AP_per_class"]
+        rows.append(
+            [
+                name,
+                num(r["cell_mAP"], ".4f"),
+                *[num(ap.get(CLASS_NAMES[c]), ".4f") for c in rare],
+                num(r["train_s"], ".0f"),
+                num(r["predict_s"], ".0f"),
+            ]
+        )
+    if markdown:
+        lines = [
+            "| " + " | ".join(head) + " |",
+            "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|",
+        ]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        return "\n".join([*lines, "", legend])
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=True)]
+    fmt = "  ".join(f"{{:{'<' if i == 0 else '>'}{w}}}" for i, w in enumerate(widths))
+    return "\n".join([*(fmt.format(*row) for row in [head, *rows]), legend])
+
+
+def check_rare(rare: Any) -> list[int]:
+    values = list(rare or [])
+    bad = [c for c in values if not isinstance(c, int) or not 0 <= c < NUM_CLASSES]
+    if bad:
+        raise InputError(f"rare_classes: {bad[0]!r} is not a class id 0-{NUM_CLASSES - 1}")
+    return values
+
+
+# ---- the command ----------------------------------------------------------------------------
+
+
+def benchmark(cfg: DictConfig) -> tuple[dict[str, dict[str, Any] | None], list[VariantFailed]]:
+    """Run the selected variants; their results (None: failed) and the failures."""
+    if OmegaConf.is_missing(cfg, "out") or not cfg.out:
+        raise InputError("out is not set; run `python -m hpa.benchmark out=DIR`")
+    bench = Benchmark(cfg)
+    names = selected(bench, cfg.variants)
+    check_rare(cfg.rare_classes)
+    bench.check_overrides(names)
+    bench.out.mkdir(parents=True, exist_ok=True)
+    ensure_data(bench, bool(cfg.progress))
+    summary_path = bench.out / "benchmark.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    results: dict[str, dict[str, Any] | None] = {}
+    failures: list[VariantFailed] = []
+    done: dict[str, Any] = {}  # variant -> train seconds, or its VariantFailed
+    bar = tqdm(names, desc="benchmark", unit="variant", disable=not cfg.progress)
+    for name in bar:
+        bar.set_postfix_str(name)
+        result = finished(bench, name)
+        if result is not None:
+            tqdm.write(f"benchmark: {name} is done (unchanged), skipped")
+        else:
+            try:
+                result = run_variant(bench, name, done)
+            except VariantFailed as err:
+                tqdm.write(f"error: {err}")
+                failures.append(err)
+                results[name] = None
+                summary.pop(name, None)
+                write_json(summary_path, summary)
+                continue
+            write_json(
+                bench.variant_dir(name) / RESULT,
+                {"fingerprint": bench.fingerprint(name), "result": result},
+            )
+            tqdm.write(f"benchmark: {name}: cell mAP {result['cell_mAP']}")
+        results[name] = result
+        summary[name] = result
+        write_json(summary_path, summary)  # atomic, after every variant
+    bar.close()
+    return results, failures
+
+
+@exit_on_input_error
+def main(argv: list[str] | None = None) -> None:
+    cfg = compose("benchmark", sys.argv[1:] if argv is None else argv)
+    hint = "finished variants are kept; run the same command again to continue"
+    with graceful_sigterm(hint):
+        results, failures = benchmark(cfg)
+    print(table(results, check_rare(cfg.rare_classes), bool(cfg.markdown)))
+    print(f"wrote {Path(cfg.out) / 'benchmark.json'}")
+    if failures:
+        failed = [name for name, result in results.items() if result is None]
+        print(f"{len(failed)} variant(s) failed: {', '.join(failed)}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,205 @@
+"""python -m hpa.benchmark: a tiny benchmark end to end, reruns, SIGTERM, failures, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from hpa.benchmark import main, merge_overrides
+from hpa.labels import CLASS_NAMES
+
+
+def hydra_list(items: list[str]) -> str:
+    """`['a=1','b=2']`: a Hydra list whose items contain `=`."""
+    return "[" + ",".join(f"'{i}'" for i in items) + "]"
+
+
+TINY_TRAIN = [
+    "data=cells",
+    "data.root={train_data}",
+    "data.synthetic=null",
+    "data.image_size=32",
+    "data.batch_size=16",
+    "data.num_workers=0",
+    "data.n_folds=4",
+    "model.backbone=test_resnet",
+    "model.pretrained=false",
+    "trainer.accelerator=cpu",
+    "trainer.max_epochs=1",
+    "logger=csv",
+    "threads=1",
+]
+
+
+def tiny(out: Path, variants: list[str], *extra: str) -> list[str]:
+    """A benchmark of seconds: 24 + 6 images of 64 px, test_resnet at 32 px, one epoch."""
+    return [
+        f"out={out}",
+        f"variants=[{','.join(variants)}]",
+        "data.train.n_images=24",
+        "data.test.n_images=6",
+        "data.common.image_size=64",
+        "data.common.cells_per_image=[3,6]",
+        "data.common.workers=1",
+        "progress=false",
+        f"base.train={hydra_list(TINY_TRAIN)}",
+        "base.predict=" + hydra_list(["segmenter=truth", "device=cpu", "threads=1"]),
+        # prediction only, with the baseline's model: no training of its own
+        "+specs.tta={from: baseline, predict: ['tta=2']}",
+        # fails before training: reported, and the others still run
+        "+specs.broken={before: [[hpa.no_such_module, '{variant_dir}']]}",
+        # sleeps in its before-command: something to stop with SIGTERM
+        "+specs.slow={before: [[timeit, '-n1', '-r1', 'import time; time.sleep(120)']]}",
+        *extra,
+    ]
+
+
+def run_cli(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "hpa.benchmark", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        **kwargs,
+    )
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory):
+    """A SIGTERMed first run, then the rerun that continues it; their outputs."""
+    out = tmp_path_factory.mktemp("bench") / "out"
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
+    args = tiny(out, ["baseline", "slow"])
+    first = subprocess.Popen(
+        [sys.executable, "-m", "hpa.benchmark", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    sleeping = out / "slow" / "before0.log"
+    deadline = time.monotonic() + 300
+    while not sleeping.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(1)
+    first.send_signal(signal.SIGTERM)
+    stdout, stderr = first.communicate(timeout=120)
+    summary_after_stop = json.loads((out / "benchmark.json").read_text())
+    train_stamp = (out / "baseline" / "train.json").stat().st_mtime_ns
+
+    # The rerun: baseline is skipped, tta reuses its model, broken fails, slow is not selected.
+    rerun = run_cli(tiny(out, ["baseline", "tta", "broken"]))
+    return {
+        "out": out,
+        "stopped": (first.returncode, stdout, stderr),
+        "summary_after_stop": summary_after_stop,
+        "train_stamp": train_stamp,
+        "rerun": rerun,
+    }
+
+
+def test_sigterm_stops_with_one_line_and_143_keeping_finished_variants(session):
+    code, _, stderr = session["stopped"]
+    assert code == 143
+    assert stderr.strip().splitlines()[-1].startswith("stopped by SIGTERM; finished variants")
+    assert "Traceback" not in stderr
+    assert set(session["summary_after_stop"]) == {"baseline"}  # slow never finished
+
+
+def test_rerun_skips_finished_variants_and_runs_the_rest(session):
+    out, rerun = session["out"], session["rerun"]
+    assert "baseline is done (unchanged), skipped" in rerun.stdout
+    assert (out / "baseline" / "train.json").stat().st_mtime_ns == session["train_stamp"]
+    summary = json.loads((out / "benchmark.json").read_text())
+    assert set(summary) == {"baseline", "tta"}
+    for name, result in summary.items():
+        assert set(result) == {"cell_mAP", "AP_per_class", "train_s", "predict_s"}
+        assert 0.0 <= result["cell_mAP"] <= 1.0
+        assert set(result["AP_per_class"]) == set(CLASS_NAMES)
+        assert result["predict_s"] > 0
+        sample = pd.read_csv(out / "test" / "sample_submission.csv")
+        submission = pd.read_csv(out / name / "submission.csv")
+        assert list(submission["ID"]) == list(sample["ID"])
+        metrics = json.loads((out / name / "metrics.json").read_text())
+        assert metrics["mAP"] == result["cell_mAP"]
+    assert summary["baseline"]["train_s"] > 0
+    assert summary["tta"]["train_s"] == 0 and not (out / "tta" / "train").exists()
+    # the test set is the evaluate command's layout; its border cells carry no label
+    assert (out / "test" / "test").is_dir() and (out / "test" / "masks").is_dir()
+    cells = pd.read_csv(out / "test" / "cells.csv", dtype=str, keep_default_na=False)
+    assert (cells["Label"] == "").any() and (cells["Label"] != "").any()
+
+
+def test_a_failing_variant_is_one_line_with_its_log_and_the_others_still_run(session):
+    out, rerun = session["out"], session["rerun"]
+    assert rerun.returncode == 1
+    log = out / "broken" / "before0.log"
+    errors = [line for line in rerun.stdout.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: variant broken failed: before[0] hpa.no_such_module exited 1; see {log}"
+    ]
+    assert "No module named hpa.no_such_module" in log.read_text()
+    assert "Traceback" not in rerun.stderr
+
+
+def test_table_lists_every_variant_and_markdown_rerun(session):
+    out, rerun = session["out"], session["rerun"]
+    rows = {line.split()[0]: line.split() for line in rerun.stdout.splitlines() if line.strip()}
+    assert rows["variant"][:3] == ["variant", "cell", "mAP"] and "AP18" in rows["variant"]
+    summary = json.loads((out / "benchmark.json").read_text())
+    assert rows["baseline"][1] == f"{summary['baseline']['cell_mAP']:.4f}"
+    assert rows["broken"][1] == "failed"
+    again = run_cli(tiny(out, ["baseline", "tta"], "markdown=true"))
+    assert again.returncode == 0
+    assert "tta is done (unchanged), skipped" in again.stdout
+    assert f"| tta | {summary['tta']['cell_mAP']:.4f} |" in again.stdout
+    assert "|---|---:|" in again.stdout
+
+
+def test_a_changed_prediction_setting_reruns_prediction_only(session, capsys):
+    out = session["out"]
+    before = (out / "tta" / "result.json").stat().st_mtime_ns
+    args = tiny(out, ["tta"], "specs.tta.predict=['tta=3']")
+    main(args)
+    assert "tta: cell mAP" in capsys.readouterr().out
+    assert (out / "tta" / "result.json").stat().st_mtime_ns != before
+    assert (out / "baseline" / "train.json").stat().st_mtime_ns == session["train_stamp"]
+    assert "ckpt_path" not in (out / "baseline" / "train.log").read_text()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("variants=[baseline,nope]", "'nope' is not a variant of benchmark.yaml"),
+        ("++specs.baseline.train=['trainer.max_epochz=1']", "variant baseline, train:"),
+        ("++specs.baseline.predict=['batch_size=0']", "variant baseline, predict:"),
+        ("+specs.orphan={from: nope}", "variant 'nope' is not defined"),
+        ("rare_classes=[19]", "rare_classes"),
+    ],
+)
+def test_bad_input_exits_2_in_one_line_before_any_work(tmp_path, override, message):
+    out = tmp_path / "out"
+    r = run_cli([f"out={out}", "variants=[baseline]", override])
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: ")
+    assert message in r.stderr
+    assert not (out / "data").exists()  # nothing generated
+
+
+def test_out_is_required(tmp_path):
+    r = run_cli([])
+    assert r.returncode == 2 and "out is not set" in r.stderr
+
+
+def test_later_override_of_a_key_replaces_the_base_one():
+    merged = merge_overrides(["data=cells", "seed=1", "+trainer.x=1"], ["seed=2", "trainer.x=3"])
+    assert merged == ["data=cells", "seed=2", "trainer.x=3"]
