@@ -54,7 +54,8 @@ def assert_one_line_error(done: subprocess.CompletedProcess, *named: str) -> str
     [[]]
     + [[f"experiment={p.stem}"] for p in sorted((CONFIGS / "experiment").glob("*.yaml"))]
     + [[f"debug={p.stem}"] for p in sorted((CONFIGS / "debug").glob("*.yaml"))]
-    + [["data=cells"], ["data=merged"], ["trainer=ddp_cpu"], ["trainer.max_epochs=-1"]],
+    + [["data=cells"], ["data=merged"], ["trainer=ddp_cpu"], ["trainer.max_epochs=-1"]]
+    + [["model=mil", "data=bags"], ["hparams_search=demo_optuna"]],
     ids=lambda o: " ".join(o) or "defaults",
 )
 def test_every_shipped_train_config_passes(overrides):

@@ -132,6 +132,16 @@ def int_list(min: int | None = None, length: int | None = None) -> Rule:
     return Rule(words, accepts)
 
 
+def number_list(ge: float, le: float) -> Rule:
+    """A non-empty list of numbers in [ge, le]."""
+    item = number(ge=ge, le=le)
+
+    def accepts(v: Any) -> bool:
+        return isinstance(v, (list, tuple, ListConfig)) and len(v) > 0 and all(map(item.ok, v))
+
+    return Rule(f"a non-empty list of numbers in [{ge}, {le}]", accepts)
+
+
 # The data keys training reads; prepare and bench read the image ones only.
 _TRAIN: dict[str, Rule] = {
     "seed": integer(),
@@ -147,12 +157,22 @@ _TRAIN: dict[str, Rule] = {
     "data.cell_margin": number(ge=0),
     "data.cells_per_image": integer(min=1, nullable=True),
     "data.cell_masks": choice("auto", "masks", "segmenter"),
+    "data.sampler": choice("balanced", nullable=True),
+    "data.sampler_cap": number(ge=1, nullable=True),
+    "data.negative_aug.p": number(ge=0, le=1),
+    "data.negative_aug.scale": number(ge=0, le=1),
+    "data.cell_targets": text(nullable=True),
     "model.backbone": text(),
     "model.pretrained": boolean(),
     "model.drop_rate": number(ge=0, lt=1),
     "model.in_chans": integer(min=1),
     "model.channels_last": boolean(),
     "model.compile": boolean(),
+    "model.cam.puzzle_weight": number(ge=0),
+    "model.cam.tiles": integer(min=2),
+    "model.mil.pool": choice("attention", "lse", "max", "mean"),
+    "model.mil.attention_dim": integer(min=1),
+    "model.mil.lse_r": number(gt=0),
     "trainer.max_epochs": integer(min=1, also=(-1,)),
     "trainer.num_nodes": integer(min=1),
     "trainer.accumulate_grad_batches": integer(min=1),
@@ -167,6 +187,21 @@ _TRAIN: dict[str, Rule] = {
     "mix.cutmix_alpha": number(ge=0),
     "mix.prob": number(ge=0, le=1),
     "loss.name": choice("bce", "focal"),
+    "loss.pos_weight": Rule(
+        "null, auto or a list of 19 positive numbers",
+        lambda v: (
+            v == "auto"
+            or (
+                isinstance(v, (list, tuple, ListConfig))
+                and len(v) == 19
+                and all(_is_number(x) and x > 0 for x in v)
+            )
+        ),
+        nullable=True,
+    ),
+    "loss.pos_weight_max": number(ge=1),
+    "loss.label_smoothing": number(ge=0, lt=1),
+    "model.global_pool": choice("avg", "max", "avgmax", "catavgmax", "gem", nullable=True),
     "tune": boolean(),
     "export": boolean(),
 }
@@ -193,13 +228,30 @@ RULES: dict[str, dict[str, Rule]] = {
         "threads": integer(min=1, nullable=True),
         "image_model_on_cells": boolean(),
         "image_model_crop": choice("native", "fill"),
+        "image_model_cells": choice("crops", "cam"),
         "cell_margin": number(ge=0),
         "combine.method": choice("power", "product", "mean"),
         "combine.cell_weight": number(ge=0, le=1),
         "downweight.border": number(ge=0),
         "downweight.small": number(ge=0),
         "downweight.small_fraction": number(ge=0),
+        "downweight.area.border": number(ge=0, nullable=True),
+        "downweight.area.interior": number(ge=0, nullable=True),
+        "downweight.area.reference_size": number(gt=0),
+        "tta_scales": number_list(ge=0.25, le=4),
+        "min_confidence": number(ge=0, le=1),
+        "ensemble": text(nullable=True),
         "resume": boolean(),
+        "progress": boolean(),
+    },
+    "ensemble": {
+        "mode": choice("weights", "area"),
+        "step": number(gt=0, le=0.5),
+        "passes": integer(min=1),
+        "min_gain": number(ge=0),
+        "cell_weights": number_list(ge=0, le=1),
+        "iou_threshold": number(gt=0.5, le=1),
+        "area.reference_size": number(gt=0),
         "progress": boolean(),
     },
     "evaluate": {
@@ -217,6 +269,15 @@ RULES: dict[str, dict[str, Rule]] = {
         "blur": number(ge=0),
         "split": text(),
         "workers": integer(min=1, nullable=True),
+        "non_expressing": number(ge=0, le=1),
+        "negative_cells": number(ge=0, le=1),
+        "border_truth": boolean(),
+    },
+    "benchmark": {
+        "markdown": boolean(),
+        "progress": boolean(),
+        "rare_classes": int_list(min=0),
+        "timeout_s": number(gt=0),
     },
     "external": {
         "size": integer(min=16, nullable=True),
@@ -232,6 +293,13 @@ RULES: dict[str, dict[str, Rule]] = {
         "download.max_backoff_s": number(ge=0),
         "download.limit": integer(min=1, nullable=True),
         "convert2018.workers": integer(min=1),
+    },
+    "pseudo": {
+        "alpha": number(ge=0, le=1),
+        "floor": number(ge=0, le=1),
+        "oof": text(nullable=True),
+        "out": text(nullable=True),
+        "truth": text(nullable=True),
     },
     "segment_check": {
         "limit": integer(min=1, nullable=True),
