@@ -10,10 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from hpa.benchmark import main, merge_overrides
+from hpa.benchmark import Benchmark, aggregate, main, merge_overrides
+from hpa.cli import compose
 from hpa.labels import CLASS_NAMES
 
 
@@ -49,6 +51,7 @@ def tiny(out: Path, variants: list[str], *extra: str) -> list[str]:
         "data.common.image_size=64",
         "data.common.cells_per_image=[3,6]",
         "data.common.workers=1",
+        "seeds=[42]",  # one run per variant (test_each_variant_runs_once_per_seed: the rest)
         "progress=false",
         f"base.train={hydra_list(TINY_TRAIN)}",
         "base.predict=" + hydra_list(["segmenter=truth", "device=cpu", "threads=1"]),
@@ -122,7 +125,16 @@ def test_rerun_skips_finished_variants_and_runs_the_rest(session):
     summary = json.loads((out / "benchmark.json").read_text())
     assert set(summary) == {"baseline", "tta"}
     for name, result in summary.items():
-        assert set(result) == {"cell_mAP", "AP_per_class", "train_s", "predict_s"}
+        assert set(result) == {
+            "cell_mAP",
+            "cell_mAP_per_seed",
+            "cell_mAP_std",
+            "AP_per_class",
+            "train_s",
+            "predict_s",
+            "seeds",
+        }
+        assert result["seeds"] == [42] and result["cell_mAP_per_seed"] == [result["cell_mAP"]]
         assert 0.0 <= result["cell_mAP"] <= 1.0
         assert set(result["AP_per_class"]) == set(CLASS_NAMES)
         assert result["predict_s"] > 0
@@ -203,3 +215,38 @@ def test_out_is_required(tmp_path):
 def test_later_override_of_a_key_replaces_the_base_one():
     merged = merge_overrides(["data=cells", "seed=1", "+trainer.x=1"], ["seed=2", "trainer.x=3"])
     assert merged == ["data=cells", "seed=2", "trainer.x=3"]
+
+
+def test_each_variant_runs_once_per_seed_with_its_references_at_that_seed(tmp_path):
+    bench = Benchmark(compose("benchmark", [f"out={tmp_path}", "seeds=[1,2]"]))
+    assert bench.units["baseline"] == ["baseline", "baseline-seed2"]
+    assert "seed=1" in bench.train_overrides("baseline")
+    assert "seed=2" in bench.train_overrides("baseline-seed2")
+    assert f"paths.output_dir={tmp_path}/baseline-seed2/train" in bench.train_overrides(
+        "baseline-seed2"
+    )
+    # prediction-only variants and ensembles use the models of the same seed
+    assert not bench.trains("tta_d4-seed2")
+    assert bench.model_sources("tta_d4-seed2") == ["baseline-seed2"]
+    assert bench.model_sources("ensemble-seed2") == [
+        "baseline-seed2",
+        "smoothing-seed2",
+        "gem-seed2",
+    ]
+    # {seed} and {variant_dir} in before-commands follow the seed
+    first = bench.before_commands("self_training-seed2")[0]
+    assert "seed=2" in first and f"hydra.sweep.dir={tmp_path}/self_training-seed2/round0" in first
+    assert "seed=1" in bench.before_commands("self_training")[0]
+
+
+def test_aggregate_means_over_seeds_and_a_failed_seed_fails_the_variant():
+    a = {"cell_mAP": 0.4, "AP_per_class": {"x": 0.2, "y": None}, "train_s": 10, "predict_s": 2}
+    b = {"cell_mAP": 0.6, "AP_per_class": {"x": 0.4, "y": 0.1}, "train_s": 20, "predict_s": 4}
+    merged = aggregate([a, b])
+    assert merged["cell_mAP"] == pytest.approx(0.5)
+    assert merged["cell_mAP_per_seed"] == [0.4, 0.6]
+    assert merged["cell_mAP_std"] == pytest.approx(np.std([0.4, 0.6], ddof=1))
+    assert merged["AP_per_class"] == {"x": pytest.approx(0.3), "y": None}
+    assert merged["train_s"] == 15 and merged["predict_s"] == 3
+    assert aggregate([a, None]) is None
+    assert aggregate([a])["cell_mAP_std"] is None

@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
@@ -37,7 +38,8 @@ SPEC_KEYS = {"train", "predict", "from", "models", "before"}
 DATA_STAMP = ".hpa-benchmark-data.json"
 RESULT = "result.json"
 # {out}, {variant_dir}, {train_data}, {test_data}, {variant:NAME}; never ${...} (Hydra's own).
-PLACEHOLDER = re.compile(r"(?<!\$)\{(out|variant_dir|train_data|test_data|variant:[\w.-]+)\}")
+PLACEHOLDER = re.compile(r"(?<!\$)\{(out|variant_dir|train_data|test_data|seed|variant:[\w.-]+)\}")
+VARIANT_REF = re.compile(r"(?<!\$)\{variant:([\w.-]+)\}")
 
 
 class VariantFailed(Exception):
@@ -90,6 +92,60 @@ class Benchmark:
                 if not isinstance(spec.get(key, []), list):
                     raise InputError(f"{where}.{key}: give a list")
             self.specs[str(name)] = spec
+        self.check_references()
+        # Every variant runs once per seed: `units` of one variant are its per-seed runs (the first
+        # seed's keeps the variant's own folder, the others get <variant>-seed<S>).
+        self.seeds = [int(s) for s in (cfg.get("seeds") or [])] or [None]
+        if len(set(self.seeds)) != len(self.seeds):
+            raise InputError(f"seeds={self.seeds}: give distinct seeds")
+        self.variants = dict(self.specs)
+        self.units: dict[str, list[str]] = {name: [] for name in self.variants}
+        self.unit_seed: dict[str, int | None] = {}
+        expanded: dict[str, dict[str, Any]] = {}
+        for seed in self.seeds:
+            for name, spec in self.variants.items():
+                unit = self.unit_name(name, seed)
+                expanded[unit] = self.for_seed(spec, seed)
+                self.units[name].append(unit)
+                self.unit_seed[unit] = seed
+        self.specs = expanded
+        self.check_cycles()
+
+    def seed_of(self, unit: str) -> int:
+        seed = self.unit_seed.get(unit)
+        if seed is None:
+            raise InputError("benchmark.yaml: {seed} needs seeds: [S, ...] to be set")
+        return seed
+
+    def unit_name(self, name: str, seed: int | None) -> str:
+        return name if seed is None or seed == self.seeds[0] else f"{name}-seed{seed}"
+
+    def for_seed(self, spec: dict[str, Any], seed: int | None) -> dict[str, Any]:
+        """A variant's spec for one seed: `seed=S` trained, and the variants it names (from:,
+        models:, {variant:NAME}) taken at the same seed."""
+        if seed is None:
+            return spec
+
+        def words(items: list[Any]) -> list[str]:
+            return [
+                VARIANT_REF.sub(lambda m: f"{{variant:{self.unit_name(m.group(1), seed)}}}", str(w))
+                for w in items
+            ]
+
+        out: dict[str, Any] = {}
+        if "train" in spec or not (spec.get("from") or spec.get("models")):
+            out["train"] = [*words(spec.get("train", [])), f"seed={seed}"]
+        if "predict" in spec:
+            out["predict"] = words(spec["predict"])
+        if spec.get("from"):
+            out["from"] = self.unit_name(str(spec["from"]), seed)
+        if spec.get("models"):
+            out["models"] = [self.unit_name(str(m), seed) for m in spec["models"]]
+        if spec.get("before"):
+            out["before"] = [words(cmd) if isinstance(cmd, list) else cmd for cmd in spec["before"]]
+        return out
+
+    def check_references(self) -> None:
         for name in self.specs:
             for dep in self.model_sources(name):
                 if dep not in self.specs:
@@ -103,7 +159,6 @@ class Benchmark:
                         f"benchmark.yaml specs.{name}: {{variant:{dep}}} names no variant; "
                         f"known: {', '.join(self.specs)}"
                     )
-        self.check_cycles()
 
     # What a variant needs -------------------------------------------------------------------
     def trains(self, name: str) -> bool:
@@ -170,6 +225,7 @@ class Benchmark:
                     "variant_dir": self.variant_dir(name),
                     "train_data": self.train_data,
                     "test_data": self.test_data,
+                    "seed": self.seed_of(name),
                 }[key]
             )
 
@@ -237,7 +293,7 @@ class Benchmark:
 
 def selected(bench: Benchmark, variants: Any) -> list[str]:
     if variants is None:
-        return list(bench.specs)
+        return list(bench.variants)
     names = [
         str(v)
         for v in (
@@ -246,11 +302,11 @@ def selected(bench: Benchmark, variants: Any) -> list[str]:
             else str(variants).split(",")
         )
     ]
-    unknown = [n for n in names if n not in bench.specs]
+    unknown = [n for n in names if n not in bench.variants]
     if unknown:
         raise InputError(
             f"variants: {unknown[0]!r} is not a variant of benchmark.yaml; "
-            f"known: {', '.join(bench.specs)}"
+            f"known: {', '.join(bench.variants)}"
         )
     if not names:
         raise InputError("variants=[] selects nothing; name some, or leave variants unset")
@@ -434,17 +490,16 @@ def finished(bench: Benchmark, name: str) -> dict[str, Any] | None:
 
 
 def table(results: Mapping[str, dict[str, Any] | None], rare: Sequence[int], markdown: bool) -> str:
-    """One row per variant: cell mAP, the rare classes' AP, train and predict seconds."""
-    head = [
-        "variant",
-        "cell mAP",
-        *[f"AP{c}" for c in rare],
-        "train s",
-        "predict s",
-    ]
-
-    legend = "cell mAP on the held-out test set; rare classes: " + ", ".join(
-        f"AP{c} = {CLASS_NAMES[c]}" for c in rare
+    """One row per variant: cell mAP (mean over seeds), its spread over seeds, the difference
+    from `baseline`, the rare classes' AP, train and predict seconds."""
+    head = ["variant", "cell mAP", "sd", "vs baseline", *[f"AP{c}" for c in rare]]
+    head += ["train s", "predict s"]
+    base = (results.get("baseline") or {}).get("cell_mAP")
+    seeds = max((len(r["cell_mAP_per_seed"]) for r in results.values() if r), default=0)
+    legend = (
+        f"cell mAP on the held-out test set, mean over {seeds} training seed(s); sd: its standard "
+        "deviation over seeds (one seed's noise); rare classes: "
+        + ", ".join(f"AP{c} = {CLASS_NAMES[c]}" for c in rare)
     )
 
     def num(v: Any, fmt: str) -> str:
@@ -453,14 +508,18 @@ def table(results: Mapping[str, dict[str, Any] | None], rare: Sequence[int], mar
     rows = []
     for name, r in results.items():
         if r is None:
-            rows.append([name, "failed", *["-"] * len(rare), "-", "-"])
+            rows.append([name, "failed", *["-"] * (len(head) - 2)])
             continue
         ap = r["AP_per_class"]
+        score = r["cell_mAP"]
+        delta = None if base is None or score is None or name == "baseline" else score - base
         rows.append(
             [
                 name,
-                num(r["cell_mAP"], ".4f"),
-                *[num(ap.get(CLASS_NAMES[c]), ".4f") for c in rare],
+                num(score, ".4f"),
+                num(r.get("cell_mAP_std"), ".4f"),
+                num(delta, "+.4f"),
+                *[num(ap.get(CLASS_NAMES[c]), ".3f") for c in rare],
                 num(r["train_s"], ".0f"),
                 num(r["predict_s"], ".0f"),
             ]
@@ -500,35 +559,63 @@ def benchmark(cfg: DictConfig) -> tuple[dict[str, dict[str, Any] | None], list[V
     ensure_data(bench, bool(cfg.progress))
     summary_path = bench.out / "benchmark.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    results: dict[str, dict[str, Any] | None] = {}
+    unit_results: dict[str, dict[str, Any] | None] = {}
     failures: list[VariantFailed] = []
-    done: dict[str, Any] = {}  # variant -> train seconds, or its VariantFailed
-    bar = tqdm(names, desc="benchmark", unit="variant", disable=not cfg.progress)
-    for name in bar:
-        bar.set_postfix_str(name)
-        result = finished(bench, name)
+    done: dict[str, Any] = {}  # unit -> train seconds, or its VariantFailed
+    # Seed by seed: a first result for every variant comes before the second seeds.
+    units = [bench.units[name][i] for i in range(len(bench.seeds)) for name in names]
+    bar = tqdm(units, desc="benchmark", unit="run", disable=not cfg.progress)
+    for unit in bar:
+        bar.set_postfix_str(unit)
+        result = finished(bench, unit)
         if result is not None:
-            tqdm.write(f"benchmark: {name} is done (unchanged), skipped")
+            tqdm.write(f"benchmark: {unit} is done (unchanged), skipped")
         else:
             try:
-                result = run_variant(bench, name, done)
+                result = run_variant(bench, unit, done)
             except VariantFailed as err:
                 tqdm.write(f"error: {err}")
                 failures.append(err)
-                results[name] = None
-                summary.pop(name, None)
-                write_json(summary_path, summary)
-                continue
-            write_json(
-                bench.variant_dir(name) / RESULT,
-                {"fingerprint": bench.fingerprint(name), "result": result},
-            )
-            tqdm.write(f"benchmark: {name}: cell mAP {result['cell_mAP']}")
-        results[name] = result
-        summary[name] = result
-        write_json(summary_path, summary)  # atomic, after every variant
+                result = None
+            else:
+                write_json(
+                    bench.variant_dir(unit) / RESULT,
+                    {"fingerprint": bench.fingerprint(unit), "result": result},
+                )
+                tqdm.write(f"benchmark: {unit}: cell mAP {result['cell_mAP']:.4f}")
+        unit_results[unit] = result
+        name = next(n for n in names if unit in bench.units[n])
+        merged = aggregate([unit_results[u] for u in bench.units[name] if u in unit_results])
+        if merged is None:
+            summary.pop(name, None)
+        else:
+            merged["seeds"] = [bench.unit_seed[u] for u in bench.units[name] if u in unit_results]
+            summary[name] = merged
+        write_json(summary_path, summary)  # atomic, after every run
     bar.close()
+    results = {name: aggregate([unit_results.get(u) for u in bench.units[name]]) for name in names}
     return results, failures
+
+
+def aggregate(results: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """One variant's result over its seeds: means, and each seed's cell mAP (None if any of its
+    runs failed)."""
+    if not results or any(r is None for r in results):
+        return None
+    scores = [r["cell_mAP"] for r in results]
+    known = [s for s in scores if s is not None]
+    per_class = {}
+    for cls in results[0]["AP_per_class"]:
+        values = [r["AP_per_class"].get(cls) for r in results]
+        per_class[cls] = None if any(v is None for v in values) else float(np.mean(values))
+    return {
+        "cell_mAP": float(np.mean(known)) if len(known) == len(scores) else None,
+        "cell_mAP_per_seed": scores,
+        "cell_mAP_std": float(np.std(known, ddof=1)) if len(known) > 1 else None,
+        "AP_per_class": per_class,
+        "train_s": round(float(np.mean([r["train_s"] for r in results])), 1),
+        "predict_s": round(float(np.mean([r["predict_s"] for r in results])), 1),
+    }
 
 
 @exit_on_input_error

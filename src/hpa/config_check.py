@@ -278,6 +278,7 @@ RULES: dict[str, dict[str, Rule]] = {
         "progress": boolean(),
         "rare_classes": int_list(min=0),
         "timeout_s": number(gt=0),
+        "seeds": int_list(min=0),
     },
     "external": {
         "size": integer(min=16, nullable=True),
