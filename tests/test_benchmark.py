@@ -132,6 +132,7 @@ def test_rerun_skips_finished_variants_and_runs_the_rest(session):
             "AP_per_class",
             "train_s",
             "predict_s",
+            "submission_MB",
             "seeds",
         }
         assert result["seeds"] == [42] and result["cell_mAP_per_seed"] == [result["cell_mAP"]]
@@ -143,6 +144,9 @@ def test_rerun_skips_finished_variants_and_runs_the_rest(session):
         assert list(submission["ID"]) == list(sample["ID"])
         metrics = json.loads((out / name / "metrics.json").read_text())
         assert metrics["mAP"] == result["cell_mAP"]
+        assert result["submission_MB"] == round(
+            (out / name / "submission.csv").stat().st_size / 1e6, 3
+        )
     assert summary["baseline"]["train_s"] > 0
     assert summary["tta"]["train_s"] == 0 and not (out / "tta" / "train").exists()
     # the test set is the evaluate command's layout; its border cells carry no label

@@ -473,6 +473,8 @@ def run_variant(bench: Benchmark, name: str, done: dict[str, Any]) -> dict[str, 
         "AP_per_class": scored["AP_per_class"],
         "train_s": round(train_s, 1),
         "predict_s": round(predict_s, 1),
+        # what min_confidence and the like save: the submission's size on disk
+        "submission_MB": round((vdir / "submission.csv").stat().st_size / 1e6, 3),
     }
 
 
@@ -493,13 +495,13 @@ def table(results: Mapping[str, dict[str, Any] | None], rare: Sequence[int], mar
     """One row per variant: cell mAP (mean over seeds), its spread over seeds, the difference
     from `baseline`, the rare classes' AP, train and predict seconds."""
     head = ["variant", "cell mAP", "sd", "vs baseline", *[f"AP{c}" for c in rare]]
-    head += ["train s", "predict s"]
+    head += ["train s", "predict s", "MB"]
     base = (results.get("baseline") or {}).get("cell_mAP")
     seeds = max((len(r["cell_mAP_per_seed"]) for r in results.values() if r), default=0)
     legend = (
         f"cell mAP on the held-out test set, mean over {seeds} training seed(s); sd: its standard "
-        "deviation over seeds (one seed's noise); rare classes: "
-        + ", ".join(f"AP{c} = {CLASS_NAMES[c]}" for c in rare)
+        "deviation over seeds (one seed's noise); MB: the first seed's submission.csv; rare "
+        "classes: " + ", ".join(f"AP{c} = {CLASS_NAMES[c]}" for c in rare)
     )
 
     def num(v: Any, fmt: str) -> str:
@@ -522,6 +524,7 @@ def table(results: Mapping[str, dict[str, Any] | None], rare: Sequence[int], mar
                 *[num(ap.get(CLASS_NAMES[c]), ".3f") for c in rare],
                 num(r["train_s"], ".0f"),
                 num(r["predict_s"], ".0f"),
+                num(r.get("submission_MB"), ".2f"),
             ]
         )
     if markdown:
@@ -615,6 +618,7 @@ def aggregate(results: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None
         "AP_per_class": per_class,
         "train_s": round(float(np.mean([r["train_s"] for r in results])), 1),
         "predict_s": round(float(np.mean([r["predict_s"] for r in results])), 1),
+        "submission_MB": results[0].get("submission_MB"),
     }
 
 
