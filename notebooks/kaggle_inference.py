@@ -45,6 +45,10 @@ SUBMISSION = "/kaggle/working/submission.csv"
 SEGMENTER = "watershed"  # or "hpacellseg"
 NUCLEI_MODEL = "auto"  # hpacellseg's weight files (only read when SEGMENTER = "hpacellseg")
 CELL_MODEL = "auto"
+# More hpa.predict options (configs/predict.yaml), each one "key=value" string, e.g.
+# ["tta=d4", "tta_scales=[1.0,1.25]", "min_confidence=0.01", "image_model_cells=cam",
+#  "ensemble=/kaggle/input/my-ensemble/ensemble.yaml"] (the file hpa.ensemble writes).
+PREDICT_OPTIONS = []
 
 # %%
 import importlib
@@ -165,9 +169,7 @@ run(
     f"sample_submission={hydra_value(SAMPLE_SUBMISSION)}",
     f"submission={hydra_value(SUBMISSION)}",
     *SEGMENTATION,
-    # Any hpa.predict option as one more "key=value" string (configs/predict.yaml), e.g.:
-    # "tta=d4", "tta_scales=[1.0,1.25]", "min_confidence=0.01", "model_weights=[2,1]",
-    # f"ensemble={hydra_value('/kaggle/input/my-ensemble/ensemble.yaml')}",  # hpa.ensemble's file
+    *PREDICT_OPTIONS,
 )
 
 # %%

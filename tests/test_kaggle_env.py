@@ -267,6 +267,8 @@ def test_inference_notebook_writes_a_valid_submission(kaggle, model_dataset, wor
         "INPUT_DIR": str(work / "test" / "test"),
         "SAMPLE_SUBMISSION": str(work / "test" / "sample_submission.csv"),
         "SUBMISSION": str(submission),
+        # options reach hpa.predict: a floor this high leaves each cell about its top class only
+        "PREDICT_OPTIONS": ["tta=d4", "min_confidence=0.9"],
     }
     papermill(kaggle, "kaggle_inference.ipynb", work / "inference_out.ipynb", params, cwd=work)
 
@@ -274,13 +276,15 @@ def test_inference_notebook_writes_a_valid_submission(kaggle, model_dataset, wor
     result = pd.read_csv(submission, keep_default_na=False)
     assert list(result.columns) == ["ID", "ImageWidth", "ImageHeight", "PredictionString"]
     assert list(result["ID"]) == list(sample["ID"])
-    n_predictions = 0
+    n_predictions = n_cells = 0
     for row in result.itertuples():
         tokens = row.PredictionString.split()
         assert len(tokens) % 3 == 0
+        n_cells += len(set(tokens[2::3]))
         for cls, confidence, mask in zip(tokens[::3], tokens[1::3], tokens[2::3], strict=True):
             assert 0 <= int(cls) < NUM_CLASSES and 0.0 <= float(confidence) <= 1.0
             decoded = decode_binary_mask(mask, row.ImageHeight, row.ImageWidth)
             assert decoded.shape == (row.ImageHeight, row.ImageWidth) and decoded.any()
             n_predictions += 1
     assert n_predictions > 0
+    assert n_predictions < NUM_CLASSES * n_cells  # min_confidence reached hpa.predict

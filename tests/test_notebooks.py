@@ -48,7 +48,9 @@ def test_inference_parameters_follow_the_contract():
         "SEGMENTER",  # beyond the contract: hpacellseg with its weights attached
         "NUCLEI_MODEL",
         "CELL_MODEL",
+        "PREDICT_OPTIONS",  # any hpa.predict option: TTA, ensembles, CAM, the confidence floor
     }
+    assert values["PREDICT_OPTIONS"] == []
     assert values["SEGMENTER"] == "watershed"  # the weight-free default
     assert values["NUCLEI_MODEL"] == values["CELL_MODEL"] == "auto"
     # The inputs default to `auto`: found under /kaggle/input (tests/test_kaggle_inputs.py).
