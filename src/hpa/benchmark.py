@@ -494,13 +494,15 @@ def finished(bench: Benchmark, name: str) -> dict[str, Any] | None:
 def table(results: Mapping[str, dict[str, Any] | None], rare: Sequence[int], markdown: bool) -> str:
     """One row per variant: cell mAP (mean over seeds), its spread over seeds, the difference
     from `baseline`, the rare classes' AP, train and predict seconds."""
-    head = ["variant", "cell mAP", "sd", "vs baseline", *[f"AP{c}" for c in rare]]
+    head = ["variant", "cell mAP", "sd", "vs baseline (per seed)", *[f"AP{c}" for c in rare]]
     head += ["train s", "predict s", "MB"]
     base = (results.get("baseline") or {}).get("cell_mAP")
+    base_seeds = (results.get("baseline") or {}).get("cell_mAP_per_seed") or []
     seeds = max((len(r["cell_mAP_per_seed"]) for r in results.values() if r), default=0)
     legend = (
         f"cell mAP on the held-out test set, mean over {seeds} training seed(s); sd: its standard "
-        "deviation over seeds (one seed's noise); MB: the first seed's submission.csv; rare "
+        "deviation over seeds (one seed's noise); vs baseline: the difference of the means and "
+        "(per seed) of runs with the same seed; MB: the first seed's submission.csv; rare "
         "classes: " + ", ".join(f"AP{c} = {CLASS_NAMES[c]}" for c in rare)
     )
 
@@ -514,13 +516,19 @@ def table(results: Mapping[str, dict[str, Any] | None], rare: Sequence[int], mar
             continue
         ap = r["AP_per_class"]
         score = r["cell_mAP"]
-        delta = None if base is None or score is None or name == "baseline" else score - base
+        delta = "-"
+        if base is not None and score is not None and name != "baseline":
+            # the same seed's runs differ by the idea alone: those differences are the signal
+            paired = [a - b for a, b in zip(r["cell_mAP_per_seed"], base_seeds, strict=False)]
+            delta = f"{score - base:+.4f}"
+            if len(paired) > 1 and len(paired) == len(base_seeds):
+                delta += " (" + "/".join(f"{d:+.3f}" for d in paired) + ")"
         rows.append(
             [
                 name,
                 num(score, ".4f"),
                 num(r.get("cell_mAP_std"), ".4f"),
-                num(delta, "+.4f"),
+                delta,
                 *[num(ap.get(CLASS_NAMES[c]), ".3f") for c in rare],
                 num(r["train_s"], ".0f"),
                 num(r["predict_s"], ".0f"),
