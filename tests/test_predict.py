@@ -15,8 +15,8 @@ import pytest
 
 from hpa.errors import InputError
 from hpa.evaluate import evaluate
-from hpa.inference.classifiers import flips_for
 from hpa.inference.combine import cell_weights, combine
+from hpa.inference.tta import transform_names
 from hpa.labels import CLASS_NAMES, NUM_CLASSES
 from hpa.models.export import export_model
 from hpa.models.factory import create_backbone
@@ -271,10 +271,10 @@ def test_border_and_small_cells_are_down_weighted():
 
 
 def test_tta_choices():
-    assert flips_for(["none", "hflip"]) == [(), (3,)]
-    assert flips_for(4) == [(), (3,), (2,), (2, 3)]
+    assert transform_names(["none", "hflip"]) == ["none", "hflip"]
+    assert transform_names(4) == ["none", "hflip", "vflip", "hvflip"]
     with pytest.raises(InputError, match="tta"):
-        flips_for(["rotate"])
+        transform_names(["rotate"])
 
 
 def test_writer_resumes_a_killed_run_and_restarts_on_other_settings(tmp_path):

@@ -1,4 +1,5 @@
-"""Exported models as classifiers: loading, flip TTA and the mean ensemble."""
+"""Exported models as classifiers: loading, and their TTA-averaged, weighted-mean probabilities
+(the TTA views themselves: hpa.inference.tta)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,6 @@ from hpa.models.export import load_exported
 from hpa.models.net import HPANet
 
 LEVELS = ("image", "cell")
-# Flip TTA: the image dimensions to flip (N x C x H x W: 2 = vertical, 3 = horizontal).
-FLIPS: dict[str, tuple[int, ...]] = {"none": (), "hflip": (3,), "vflip": (2,), "hvflip": (2, 3)}
 
 
 @dataclass
@@ -57,16 +56,6 @@ def load_classifiers(model_dirs: Sequence[str | Path], device: torch.device) -> 
             )
         )
     return classifiers
-
-
-def flips_for(tta: Sequence[str] | int) -> list[tuple[int, ...]]:
-    """Flip dims only (prediction uses hpa.inference.tta, which adds rotations and scales):
-    `[none, hflip]` or a count (1-4, in the order none, hflip, vflip, hvflip) -> flip dims."""
-    names = list(FLIPS)[: int(tta)] if isinstance(tta, int) else list(tta)
-    unknown = [n for n in names if n not in FLIPS]
-    if unknown or not names:
-        raise InputError(f"tta={tta!r}: use a list of {', '.join(FLIPS)} or a count 1-{len(FLIPS)}")
-    return [FLIPS[n] for n in names]
 
 
 @torch.inference_mode()
