@@ -136,6 +136,7 @@ def test_last_ckpt_is_the_latest_epoch_and_resume_continues_from_it(tiny_dataset
     assert r.returncode == 0, r.stderr[-3000:]
     best, last = ckpt(out / "checkpoints" / "best.ckpt"), ckpt(out / "checkpoints" / "last.ckpt")
     assert best["epoch"] == 0  # the metric never improved after epoch 0
+    assert json.loads((out / "metrics.json").read_text())["epoch"] == 0  # the best's, not the last
     assert last["epoch"] == 2 and last["global_step"] > best["global_step"]
     steps_per_epoch = best["global_step"]
     history = pd.read_csv(out / "csv" / "metrics.csv")

@@ -86,11 +86,13 @@ def finish_run(
         verbose=False,
         **weights_only(trainer.validate),
     )[0]
+    best_epoch = trainer.current_epoch
     if best:
         # Validation swapped the checkpoint's weights in (for EMA, its average) and back out
         # again: export exactly the weights that were validated.
-        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-        module.load_state_dict(state)
+        saved = torch.load(best, map_location="cpu", weights_only=True)
+        module.load_state_dict(saved["state_dict"])
+        best_epoch = int(saved.get("epoch", best_epoch))
     collected = predictions.collected()
     in_order = trainer.world_size == 1
     if collected and not in_order and module.hparams.level == "image":
@@ -103,7 +105,7 @@ def finish_run(
         "val/AP_per_class": {k: (None if math.isnan(v) else v) for k, v in per_class.items()},
         "val/F1": results.get("val/F1"),
         "val/loss": results.get("val/loss"),
-        "epoch": int(_best_epoch(best, trainer)),
+        "epoch": best_epoch,
         "epochs_run": trainer.current_epoch,
         "best_checkpoint": best,
         "backbone": hparams.model["backbone"],
@@ -227,15 +229,3 @@ def merge_sweep_oof(out: Path, key: list[str] | None = None) -> None:
     merged = merged.drop_duplicates(key or ["ID"], keep="last")
     with atomic_path(sweep / "oof.csv") as tmp:
         merged.to_csv(tmp, index=False, float_format="%.5f")
-
-
-def _best_epoch(best: str | None, trainer: pl.Trainer) -> int:
-    if best:
-        import torch
-
-        return int(
-            torch.load(best, map_location="cpu", weights_only=True).get(
-                "epoch", trainer.current_epoch
-            )
-        )
-    return trainer.current_epoch
