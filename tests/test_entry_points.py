@@ -49,6 +49,24 @@ def test_help_works_on_every_command(command):
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize("command", sorted(readme_commands()))
+def test_help_into_a_closed_pipe_ends_quietly(command):
+    """`python -m hpa.X --help | head -1`: the reader is gone before the help is written. The
+    command stops as a Unix tool does (0, or 141 as if killed by SIGPIPE), without a traceback."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", f"hpa.{command}", "--help"],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    proc.stdout.close()  # the reader went away before the first write
+    err = proc.stderr.read()
+    proc.wait(timeout=300)
+    assert proc.returncode in (0, 141), err[-2000:]
+    assert "Traceback" not in err and "Exception ignored" not in err, err[-2000:]
+
+
 @pytest.mark.parametrize("command", sorted(readme_commands() - {"doctor"}))
 def test_bad_input_exits_2_on_every_command(command):
     """An argument no command accepts: one line, exit 2 (the doctor only reports: exit 0/1)."""

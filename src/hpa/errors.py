@@ -41,9 +41,23 @@ def _end_progress_bars() -> None:
     close_progress_bars()
 
 
+def quiet_broken_pipe() -> None:
+    """The reader of stdout went away (`python -m hpa.X --help | head`): stop writing, exit as a
+    SIGPIPE-killed Unix tool does (141), no traceback. stdout is pointed at /dev/null so that the
+    interpreter's final flush does not print "Exception ignored ... BrokenPipeError"."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    sys.exit(128 + 13)
+
+
 def exit_on_input_error(fn: Callable[..., T]) -> Callable[..., T]:
     """Wrap an entry point: an `InputError`, or a disk that filled up, prints `error: ...` and
-    exits with status 2."""
+    exits with status 2; a closed stdout pipe exits quietly (quiet_broken_pipe)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -53,6 +67,8 @@ def exit_on_input_error(fn: Callable[..., T]) -> Callable[..., T]:
             _end_progress_bars()
             print(f"error: {one_line(err)}", file=sys.stderr)
             sys.exit(2)
+        except BrokenPipeError:
+            quiet_broken_pipe()
         except OSError as err:
             if err.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
                 raise

@@ -365,6 +365,7 @@ def check_space_for_checkpoints(module, out: Path, copies: int = 2) -> None:
         raise DiskFullError(disk_full_message(out, needed))
 
 
+@exit_on_input_error  # also: `--help | head` ends quietly
 def main() -> None:
     # The contract's `paths.output_dir=DIR` sets Hydra's run folder (in a multirun, the sweep folder).
     argv = sys.argv[1:]
