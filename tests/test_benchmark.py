@@ -243,6 +243,19 @@ def test_each_variant_runs_once_per_seed_with_its_references_at_that_seed(tmp_pa
     assert "seed=1" in bench.before_commands("self_training")[0]
 
 
+def test_base_train_in_a_before_command_is_the_base_overrides(tmp_path):
+    """Self-training's first round is trained like every variant: {base_train} expands to
+    base.train (placeholders filled), so changing the base changes that round too."""
+    base = ["data=cells", "data.root={train_data}", "trainer.max_epochs=2"]
+    cfg = compose("benchmark", [f"out={tmp_path}", "seeds=[1]"])
+    cfg.base.train = base
+    bench = Benchmark(cfg)
+    first = bench.before_commands("self_training")[0]
+    assert first[:2] == ["hpa.train", "-m"]
+    assert first[2:5] == ["data=cells", f"data.root={tmp_path}/data/train", "trainer.max_epochs=2"]
+    assert "{base_train}" not in " ".join(first) and "seed=1" in first
+
+
 def test_aggregate_means_over_seeds_and_a_failed_seed_fails_the_variant():
     a = {"cell_mAP": 0.4, "AP_per_class": {"x": 0.2, "y": None}, "train_s": 10, "predict_s": 2}
     b = {"cell_mAP": 0.6, "AP_per_class": {"x": 0.4, "y": 0.1}, "train_s": 20, "predict_s": 4}

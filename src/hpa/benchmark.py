@@ -39,6 +39,7 @@ DATA_STAMP = ".hpa-benchmark-data.json"
 RESULT = "result.json"
 # {out}, {variant_dir}, {train_data}, {test_data}, {variant:NAME}; never ${...} (Hydra's own).
 PLACEHOLDER = re.compile(r"(?<!\$)\{(out|variant_dir|train_data|test_data|seed|variant:[\w.-]+)\}")
+BASE_TRAIN = "{base_train}"  # a whole word of a before-command: base.train's overrides
 VARIANT_REF = re.compile(r"(?<!\$)\{variant:([\w.-]+)\}")
 
 
@@ -261,7 +262,13 @@ class Benchmark:
                 raise InputError(
                     f"benchmark.yaml specs.{name}.before[{i}]: give [python_module, arg, ...]"
                 )
-            commands.append([self.substitute(str(w), name) for w in cmd])
+            words: list[str] = []
+            for w in cmd:
+                # {base_train} alone as a word: base.train's overrides, so a before-command that
+                # trains (self-training's first round) stays in step with every variant's base.
+                expanded = self.cfg.base.train if str(w) == BASE_TRAIN else [w]
+                words += [self.substitute(str(x), name) for x in expanded]
+            commands.append(words)
         return commands
 
     def fingerprint(self, name: str, stage: str = "all") -> str:
