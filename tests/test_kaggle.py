@@ -631,3 +631,117 @@ def test_with_hpacellseg_and_no_shared_wheel_says_how_to_make_one(tmp_path, monk
     (tmp_path / "checkout").mkdir()
     with pytest.raises(InputError, match=r"no hpacellseg-\*\.whl in .*--with-hpacellseg FILE"):
         default_hpacellseg_wheel(tmp_path / "checkout")
+
+
+# The pushed notebook's parameters: set in a copy, the cell tagged "parameters" only
+
+
+INFERENCE_NOTEBOOK = ROOT / "notebooks" / "kaggle_inference.ipynb"
+
+
+def changed_lines(before: str, after: str) -> list[tuple[str, str]]:
+    old, new = before.splitlines(), after.splitlines()
+    assert len(old) == len(new)
+    return [(a, b) for a, b in zip(old, new, strict=True) if a != b]
+
+
+def test_set_parameters_replaces_only_the_assignments_named():
+    from hpa.kaggle.bundle import set_parameters
+
+    text = INFERENCE_NOTEBOOK.read_text(encoding="utf-8")
+    values = {"SEGMENTER": "hpacellseg", "MODEL_DIRS": ["/kaggle/input/a", "b's"]}
+    edited = set_parameters(text, values)
+    assert changed_lines(text, edited) == [
+        (
+            '    "MODEL_DIRS = [\\"auto\\"]\\n",',
+            """    "MODEL_DIRS = ['/kaggle/input/a', \\"b's\\"]\\n",""",
+        ),
+        (
+            '    "SEGMENTER = \\"watershed\\"  # or \\"hpacellseg\\"\\n",',
+            """    "SEGMENTER = 'hpacellseg'\\n",""",
+        ),
+    ]
+    assert set_parameters(text, {}) == text
+    assert INFERENCE_NOTEBOOK.read_text(encoding="utf-8") == text
+
+
+def notebook_text(source: list[str], tags=("parameters",)) -> str:
+    cell = {"cell_type": "code", "metadata": {"tags": list(tags)}, "source": source}
+    notebook = {"cells": [cell], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    return json.dumps(notebook, sort_keys=True, indent=1, ensure_ascii=False) + "\n"
+
+
+def test_set_parameters_replaces_an_assignment_over_several_lines():
+    from hpa.kaggle.bundle import set_parameters
+
+    text = notebook_text(["A = 1  # one\n", "OPTIONS = [\n", '    "x=1",\n', "]\n", "B = 'é'"])
+    edited = json.loads(set_parameters(text, {"OPTIONS": ["tta=d4"], "B": "ü"}))
+    assert edited["cells"][0]["source"] == ["A = 1  # one\n", "OPTIONS = ['tta=d4']\n", "B = 'ü'"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (notebook_text(["A = 1\n"]), "assigns no MISSING"),
+        (notebook_text(["MISSING = 1\n"], tags=()), "0 cells tagged 'parameters'"),
+        (json.dumps({"cells": []}), "not laid out as nbformat writes it"),
+    ],
+)
+def test_set_parameters_on_a_notebook_it_cannot_edit_is_an_error(text, expected):
+    from hpa.kaggle.bundle import set_parameters
+
+    with pytest.raises(InputError, match=expected):
+        set_parameters(text, {"MISSING": 2})
+
+
+def test_kernels_attach_more_data_sets_and_set_the_inference_parameters(tmp_path, capsys):
+    before = {p.name: p.read_bytes() for p in (ROOT / "notebooks").glob("*.ipynb")}
+    main(
+        [
+            "kernels",
+            "--out",
+            str(tmp_path),
+            "--user",
+            "me",
+            "--segmenter-weights",
+            "other/hpacellseg-weights",
+            "--predict-option",
+            "tta=d4",
+        ]
+    )
+    inference = tmp_path / "hpa-inference"
+    meta = json.loads((inference / "kernel-metadata.json").read_text())
+    assert meta["dataset_sources"] == ["me/hpa-bundle", "me/hpa-model", "other/hpacellseg-weights"]
+    edited = (inference / INFERENCE_NOTEBOOK.name).read_text(encoding="utf-8")
+    assert [new for _, new in changed_lines(before[INFERENCE_NOTEBOOK.name].decode(), edited)] == [
+        """    "SEGMENTER = 'hpacellseg'\\n",""",
+        """    "PREDICT_OPTIONS = ['tta=d4']\"""",
+    ]
+    train = json.loads((tmp_path / "hpa-train" / "kernel-metadata.json").read_text())
+    assert train["dataset_sources"] == ["me/hpa-bundle"]
+    assert (tmp_path / "hpa-train" / "kaggle_train.ipynb").read_bytes() == before[
+        "kaggle_train.ipynb"
+    ]
+    assert "bundle --with-hpacellseg" in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in (ROOT / "notebooks").glob("*.ipynb")} == before
+
+
+def test_kernels_without_the_options_copy_the_notebooks_as_they_are(tmp_path):
+    make_kernels(tmp_path, "me", "hpa-bundle", ["hpa-model"])
+    copied = tmp_path / "hpa-inference" / INFERENCE_NOTEBOOK.name
+    assert copied.read_bytes() == INFERENCE_NOTEBOOK.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--segmenter-weights", "hpacellseg-weights"], "use OWNER/SLUG"),
+        (["--predict-option", "combine.method=max"], "--predict-option combine.method=max:"),
+    ],
+)
+def test_kernels_with_a_bad_option_write_nothing(tmp_path, capsys, args, expected):
+    with pytest.raises(SystemExit) as stop:
+        main(["kernels", "--out", str(tmp_path / "k"), "--user", "me", *args])
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and expected in err and "\n" not in err
+    assert not (tmp_path / "k").exists()

@@ -486,3 +486,184 @@ def completed(rc: int, stdout: str = "", stderr: str = "") -> subprocess.Complet
 )
 def test_what_a_cli_failure_says_in_one_line(done, line):
     assert push_module.cli_problem(done) == line
+
+
+# --with-hpacellseg, --segmenter-weights, --predict-option: the bundle's no-deps wheels, the
+# weights data set attached and the pushed notebook's parameters cell
+
+NOTEBOOK = bundle_module.project_root() / "notebooks" / "kaggle_inference.ipynb"
+SHARED_HPACELLSEG = sorted(
+    NOTEBOOK.parents[2].joinpath("shared", "wheels").glob("hpacellseg-*.whl")
+)
+WEIGHTS = "other/hpacellseg-weights"
+
+
+@pytest.fixture
+def no_deps_wheels(tmp_path) -> tuple[Path, Path]:
+    """Stand-ins for hpacellseg's and pytorch_zoo's wheels (pure Python, as Kaggle needs)."""
+    (tmp_path / "wheels").mkdir()
+    seg = write_wheel(tmp_path / "wheels", "hpacellseg", "0.1.8", files=["hpacellseg/__init__.py"])
+    zoo = write_wheel(
+        tmp_path / "wheels", "pytorch_zoo", "0.0.1", files=["pytorch_zoo/__init__.py"]
+    )
+    return seg, zoo
+
+
+def parameters_cell(notebook: dict) -> dict:
+    (cell,) = [c for c in notebook["cells"] if "parameters" in c["metadata"].get("tags", [])]
+    return cell
+
+
+def pushed_parameters(dist: Path) -> dict:
+    """The pushed notebook's parameters, as its first cell sets them when it runs."""
+    notebook = json.loads((dist / "kernels" / "hpa-inference" / NOTEBOOK.name).read_text())
+    namespace: dict = {}
+    exec("".join(parameters_cell(notebook)["source"]), namespace)
+    return {k: v for k, v in namespace.items() if k.isupper()}
+
+
+def test_push_with_hpacellseg_bundles_its_wheels_and_sets_the_notebook(
+    tmp_path, kaggle, monkeypatch, capsys, no_deps_wheels
+):
+    seg, zoo = no_deps_wheels
+    monkeypatch.setenv("FAKE_KAGGLE_EXISTING", WEIGHTS)
+    repo_notebook = NOTEBOOK.read_bytes()
+    options = ["--predict-option", "tta=d4", "--predict-option", "min_confidence=0.01"]
+    hpacellseg = ["--with-hpacellseg", str(seg), "--with-wheel", str(zoo)]
+    push(
+        tmp_path,
+        exported(tmp_path / "a" / "model"),
+        extra=[*hpacellseg, "--segmenter-weights", WEIGHTS, *options],
+    )
+    dist = tmp_path / "dist"
+    # The weights data set: checked before anything is built, attached, never uploaded.
+    assert kaggle.commands()[:2] == [
+        ["datasets", "status", "me/hpa-bundle"],
+        ["datasets", "status", "me/hpa-model"],
+    ]
+    assert kaggle.commands()[2] == ["datasets", "status", WEIGHTS]
+    uploads = [c for c in kaggle.calls() if c["args"][1] in ("create", "version")]
+    assert [c["metadata"]["id"] for c in uploads] == ["me/hpa-bundle", "me/hpa-model"]
+    # The bundle carries both wheels as they are, listed for pip install --no-deps.
+    assert {seg.name, zoo.name, "no-deps.txt"} <= set(uploads[0]["files"])
+    assert (dist / "hpa-bundle" / "no-deps.txt").read_text().split() == [seg.name, zoo.name]
+    assert (dist / "hpa-bundle" / seg.name).read_bytes() == seg.read_bytes()
+
+    (kernel,) = [c for c in kaggle.calls() if c["args"][:2] == ["kernels", "push"]]
+    assert kernel["metadata"]["dataset_sources"] == ["me/hpa-bundle", "me/hpa-model", WEIGHTS]
+    parameters = pushed_parameters(dist)
+    assert parameters["SEGMENTER"] == "hpacellseg"
+    assert parameters["PREDICT_OPTIONS"] == ["tta=d4", "min_confidence=0.01"]
+    assert parameters["NUCLEI_MODEL"] == parameters["CELL_MODEL"] == "auto"
+    # Those two lines are all that differs from the repository's notebook, which is unchanged.
+    assert NOTEBOOK.read_bytes() == repo_notebook
+    pushed = (dist / "kernels" / "hpa-inference" / NOTEBOOK.name).read_text().splitlines()
+    ours = repo_notebook.decode().splitlines()
+    changed = [(a, b) for a, b in zip(ours, pushed, strict=True) if a != b]
+    assert changed == [
+        (
+            '    "SEGMENTER = \\"watershed\\"  # or \\"hpacellseg\\"\\n",',
+            """    "SEGMENTER = 'hpacellseg'\\n",""",
+        ),
+        (
+            '    "PREDICT_OPTIONS = []"',
+            """    "PREDICT_OPTIONS = ['tta=d4', 'min_confidence=0.01']\"""",
+        ),
+    ]
+    out = capsys.readouterr().out
+    assert f"data set {WEIGHTS}: on Kaggle (attached, not uploaded" in out
+    assert "notebook me/hpa-inference: SEGMENTER = 'hpacellseg'" in out
+
+
+@pytest.mark.skipif(not SHARED_HPACELLSEG, reason="no hpacellseg wheel in ../shared/wheels")
+def test_push_with_hpacellseg_alone_takes_the_shared_wheel(tmp_path, kaggle, monkeypatch):
+    monkeypatch.setenv("FAKE_KAGGLE_EXISTING", WEIGHTS)
+    model = exported(tmp_path / "a" / "model")
+    push(tmp_path, model, extra=["--with-hpacellseg", "--segmenter-weights", WEIGHTS])
+    bundle = tmp_path / "dist" / "hpa-bundle"
+    assert (bundle / "no-deps.txt").read_text().split() == [SHARED_HPACELLSEG[-1].name]
+    assert pushed_parameters(tmp_path / "dist")["PREDICT_OPTIONS"] == []
+
+
+def test_new_notebook_options_push_the_kernel_and_upload_only_what_changed(
+    tmp_path, kaggle, monkeypatch, capsys, no_deps_wheels
+):
+    monkeypatch.setenv("FAKE_KAGGLE_EXISTING", WEIGHTS)  # read at the first call
+    model = exported(tmp_path / "a" / "model")
+    push(tmp_path, model)
+    assert pushed_parameters(tmp_path / "dist")["SEGMENTER"] == "watershed"
+    kaggle.forget_calls()
+    push(tmp_path, model, extra=["--predict-option", "tta=flips"])
+    assert not [c for c in kaggle.calls() if c["args"][1] in ("create", "version")]
+    assert kaggle.commands()[-1] == ["kernels", "push", "-p"]
+    assert pushed_parameters(tmp_path / "dist")["PREDICT_OPTIONS"] == ["tta=flips"]
+
+    kaggle.forget_calls()  # hpacellseg now: the bundle changed, the model did not
+    hpacellseg = ["--with-hpacellseg", str(no_deps_wheels[0]), "--segmenter-weights", WEIGHTS]
+    push(tmp_path, model, extra=hpacellseg)
+    uploads = [c for c in kaggle.calls() if c["args"][1] in ("create", "version")]
+    assert [(c["args"][1], c["metadata"]["id"]) for c in uploads] == [("version", "me/hpa-bundle")]
+    assert "data set me/hpa-model: unchanged since the last push" in capsys.readouterr().out
+    parameters = pushed_parameters(tmp_path / "dist")
+    assert parameters["SEGMENTER"] == "hpacellseg" and parameters["PREDICT_OPTIONS"] == []
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--segmenter-weights", WEIGHTS], "add --with-hpacellseg"),
+        (["--with-hpacellseg", "{seg}"], "add --segmenter-weights OWNER/SLUG"),
+        (["--with-hpacellseg", "{seg}", "--segmenter-weights", "weights"], "use OWNER/SLUG"),
+        (["--with-hpacellseg", "{seg}", "--segmenter-weights", "a/B C"], "use OWNER/SLUG"),
+        (["--with-wheel", "{missing}"], "no such file"),
+        (["--with-wheel", "{seg}", "--with-wheel", "{seg}"], "given twice"),
+        (["--predict-option", "tta"], "--predict-option 'tta': write KEY=VALUE"),
+        (
+            ["--predict-option", "tta=d4", "--predict-option", "no_such_key=1"],
+            "--predict-option no_such_key=1: Could not override 'no_such_key'",
+        ),
+        (["--predict-option", "min_confidence=2"], "--predict-option min_confidence=2:"),
+        (  # what hpacellseg takes, but the notebook segments with the watershed
+            ["--predict-option", "segmenter.scale_factor=0.5"],
+            "--predict-option segmenter.scale_factor=0.5:",
+        ),
+    ],
+)
+def test_bad_hpacellseg_or_notebook_options_stop_before_any_call(
+    tmp_path, kaggle, capsys, no_deps_wheels, args, expected
+):
+    paths = {
+        "seg": no_deps_wheels[0],
+        "missing": tmp_path / "wheels" / "missing-1.0-py3-none-any.whl",
+    }
+    args = [a.format(**paths) for a in args]
+    with pytest.raises(SystemExit) as info:
+        push(tmp_path, exported(tmp_path / "a" / "model"), extra=args)
+    assert info.value.code == 2
+    assert expected in one_error_line(capsys)
+    assert kaggle.calls() == [] and not (tmp_path / "dist").exists()
+
+
+def test_hpacellseg_options_pass_the_checks_of_the_notebook_they_set(
+    tmp_path, kaggle, no_deps_wheels
+):
+    """segmenter.* options are checked against the segmenter the notebook uses: hpacellseg's."""
+    args = ["--with-hpacellseg", str(no_deps_wheels[0]), "--segmenter-weights", WEIGHTS]
+    args += ["--predict-option", "segmenter.scale_factor=0.5"]
+    with pytest.raises(SystemExit):  # the weights are not on Kaggle: stops after the status calls
+        push(tmp_path, exported(tmp_path / "a" / "model"), extra=args)
+    assert kaggle.commands()[-1] == ["datasets", "status", WEIGHTS]
+
+
+def test_segmenter_weights_not_on_kaggle_stop_before_building(
+    tmp_path, kaggle, capsys, no_deps_wheels
+):
+    args = ["--with-hpacellseg", str(no_deps_wheels[0]), "--segmenter-weights", WEIGHTS]
+    with pytest.raises(SystemExit) as info:
+        push(tmp_path, exported(tmp_path / "a" / "model"), extra=args)
+    assert info.value.code == 2
+    line = one_error_line(capsys)
+    assert f"--segmenter-weights {WEIGHTS}: no such data set on Kaggle" in line
+    assert "dpn_unet_nuclei_v1.pth" in line
+    assert all(c["args"][:2] == ["datasets", "status"] for c in kaggle.calls())
+    assert not (tmp_path / "dist" / "hpa-bundle").exists()

@@ -1,6 +1,8 @@
 """python -m hpa.kaggle: the folders to upload to Kaggle, and the kaggle CLI steps that upload them.
 
     python -m hpa.kaggle push --model RUN/model [--model ...]   # all of it, with the kaggle CLI
+        [--with-hpacellseg [WHEEL] --with-wheel WHEEL --segmenter-weights OWNER/SLUG]
+        [--predict-option KEY=VALUE ...]             # the pushed notebook's SEGMENTER, options
     python -m hpa.kaggle status                      # the pushed notebook's run
     python -m hpa.kaggle output --out DIR            # its output (submission.csv, log)
     python -m hpa.kaggle submit --message M          # its submission.csv to the competition
@@ -9,6 +11,7 @@
         [--with-hpacellseg [WHEEL]] [--with-wheel WHEEL]  # + wheels installed with --no-deps
     python -m hpa.kaggle model --model RUN/model --out DIR
     python -m hpa.kaggle kernels --out DIR           # each notebook with kernel-metadata.json
+        [--segmenter-weights OWNER/SLUG] [--predict-option KEY=VALUE ...]
 
 By hand: `kaggle datasets create -p DIR` (or `version`) and `kaggle kernels push -p DIR/<kernel>`.
 """
@@ -22,7 +25,13 @@ from pathlib import Path
 from hpa.errors import InputError, exit_on_input_error
 from hpa.fsio import DiskFullError, disk_full_message
 from hpa.kaggle import push as pushing
-from hpa.kaggle.bundle import make_bundle, make_kernels, make_model_dataset
+from hpa.kaggle.bundle import (
+    HPACELLSEG_WEIGHTS,
+    inference_parameters,
+    make_bundle,
+    make_kernels,
+    make_model_dataset,
+)
 from hpa.kaggle.metadata import (
     DEFAULT_ACCELERATOR,
     DEFAULT_PINNING,
@@ -41,6 +50,55 @@ HINTS = {
     "status": "run the same command again",
     "submit": "run `python -m hpa.kaggle status`, then submit again if nothing was submitted",
 }
+
+
+def add_no_deps_options(parser: argparse.ArgumentParser) -> None:
+    """--with-hpacellseg and --with-wheel, as bundle and push take them (no_deps_wheels)."""
+    parser.add_argument(
+        "--with-hpacellseg",
+        nargs="?",
+        type=Path,
+        const=DEFAULT_WHEEL,
+        metavar="WHEEL",
+        help="add HPA-Cell-Segmentation's wheel (default: ../shared/wheels/hpacellseg-*.whl), "
+        "which the inference notebook installs with pip install --no-deps (segmenter=hpacellseg)",
+    )
+    parser.add_argument(
+        "--with-wheel",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="WHEEL",
+        help="another wheel to install with --no-deps, e.g. pytorch_zoo's, which hpacellseg's "
+        "weights need: pip wheel --no-deps https://github.com/haoxusci/pytorch_zoo/archive/"
+        "master.zip",
+    )
+
+
+def hpacellseg_wheel(args: argparse.Namespace) -> Path | None:
+    """--with-hpacellseg's wheel: the one given, ../shared/wheels' without a file, else None."""
+    if args.with_hpacellseg == DEFAULT_WHEEL:
+        return default_hpacellseg_wheel()
+    return args.with_hpacellseg
+
+
+def add_inference_options(parser: argparse.ArgumentParser) -> None:
+    """What the pushed inference notebook gets besides the bundle and the models (push, kernels)."""
+    parser.add_argument(
+        "--segmenter-weights",
+        metavar="OWNER/SLUG",
+        help=f"a Kaggle data set holding {' and '.join(HPACELLSEG_WEIGHTS)}: attached to the "
+        'inference notebook, which then segments with SEGMENTER = "hpacellseg" (the bundle needs '
+        "--with-hpacellseg)",
+    )
+    parser.add_argument(
+        "--predict-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an hpa.predict option (configs/predict.yaml) for the notebook's PREDICT_OPTIONS, "
+        "e.g. tta=d4; repeat for more",
+    )
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -77,6 +135,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     push.add_argument("--accelerator", **kernel_opts["accelerator"])
     push.add_argument("--pinning", **kernel_opts["pinning"])
     push.add_argument("--wait", type=float, default=900.0, help="seconds to wait for uploads")
+    add_no_deps_options(push)
+    add_inference_options(push)
 
     pushed = {"type": Path, "default": pushing.DEFAULT_OUT, "help": "push's --out (push.json)"}
     kernel = {"help": "OWNER/SLUG (default: the last push's, else USER/hpa-inference)"}
@@ -96,25 +156,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     bundle.add_argument("--user", **user)
     bundle.add_argument("--slug", default="hpa-bundle", help="dataset slug (default: hpa-bundle)")
     bundle.add_argument("--title", default="hpa offline wheels")
-    bundle.add_argument(
-        "--with-hpacellseg",
-        nargs="?",
-        type=Path,
-        const=DEFAULT_WHEEL,
-        metavar="WHEEL",
-        help="add HPA-Cell-Segmentation's wheel (default: ../shared/wheels/hpacellseg-*.whl), "
-        "which the inference notebook installs with pip install --no-deps (segmenter=hpacellseg)",
-    )
-    bundle.add_argument(
-        "--with-wheel",
-        action="append",
-        type=Path,
-        default=[],
-        metavar="WHEEL",
-        help="another wheel to install with --no-deps, e.g. pytorch_zoo's, which hpacellseg's "
-        "weights need: pip wheel --no-deps https://github.com/haoxusci/pytorch_zoo/archive/"
-        "master.zip",
-    )
+    add_no_deps_options(bundle)
 
     model = sub.add_parser("model", help="an exported model/ as a Kaggle dataset")
     model.add_argument("--model", type=Path, required=True, help="model/ folder hpa.train wrote")
@@ -131,6 +173,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     kernels.add_argument("--model-slug", **slugs)
     kernels.add_argument("--accelerator", **kernel_opts["accelerator"])
     kernels.add_argument("--pinning", **kernel_opts["pinning"])
+    add_inference_options(kernels)
     return parser.parse_args(argv)
 
 
@@ -162,6 +205,10 @@ def run(args: argparse.Namespace) -> None:
             args.accelerator,
             args.pinning,
             args.wait,
+            hpacellseg=hpacellseg_wheel(args),
+            wheels=args.with_wheel,
+            segmenter_weights=args.segmenter_weights,
+            predict_options=args.predict_option,
         )
         return
     if args.command in ("status", "output", "submit"):
@@ -177,11 +224,8 @@ def run(args: argparse.Namespace) -> None:
             pushing.submit(kernel, version, args.message)
         return
     if args.command == "bundle":
-        extra = list(args.with_wheel)
-        if args.with_hpacellseg == DEFAULT_WHEEL:
-            extra.insert(0, default_hpacellseg_wheel())
-        elif args.with_hpacellseg is not None:
-            extra.insert(0, args.with_hpacellseg)
+        hpacellseg = hpacellseg_wheel(args)
+        extra = [*([hpacellseg] if hpacellseg else []), *args.with_wheel]
         wheels = make_bundle(args.out, args.user, args.slug, args.title, no_deps=extra)
         print(f"\nwrote {len(wheels)} wheels and dataset-metadata.json to {args.out}")
         print(f"upload:  kaggle datasets create -p {args.out}")
@@ -197,11 +241,22 @@ def run(args: argparse.Namespace) -> None:
         print(f"upload:  kaggle datasets create -p {out}   (mounted at /kaggle/input/{args.slug})")
     else:
         models = args.model_slug or ["hpa-model"]
+        parameters = inference_parameters(args.segmenter_weights, args.predict_option)
+        weights = [args.segmenter_weights] if args.segmenter_weights else []
         folders = make_kernels(
-            args.out, args.user, args.bundle_slug, models, args.accelerator, args.pinning
+            args.out,
+            args.user,
+            args.bundle_slug,
+            models,
+            args.accelerator,
+            args.pinning,
+            weights,
+            parameters,
         )
         for folder in folders:
             print(f"wrote {folder}   push: kaggle kernels push -p {folder}")
+        if weights:
+            print("note: the bundle must carry hpacellseg's wheel (bundle --with-hpacellseg)")
     if args.user == PLACEHOLDER_USER:
         print(f"note: ids say {PLACEHOLDER_USER!r}: pass --user or set KAGGLE_USERNAME to upload")
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
+import json
 import os
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from hpa.kaggle.metadata import (
     DEFAULT_ACCELERATOR,
     DEFAULT_PINNING,
     KERNELS,
+    check_dataset,
     dataset_metadata,
     kernel_metadata,
     kernel_slug,
@@ -36,6 +39,29 @@ KERNEL_METADATA = "kernel-metadata.json"
 # What a folder this module wrote may hold; anything else means --out points at the user's files.
 STANDALONE_DOCTOR = "hpa_doctor.py"  # hpa.doctor_standalone, for the notebooks' install cell
 OURS = ("*.whl", "*.ipynb", "*.json", "*.safetensors", STANDALONE_DOCTOR, NO_DEPS_LIST)
+NO_DEPS_OPTIONS = "--with-hpacellseg/--with-wheel"
+# The data set --segmenter-weights names holds these (found by the notebook's NUCLEI_MODEL/CELL_MODEL
+# = "auto", hpa.kaggle.inputs.find_hpacellseg_weight).
+HPACELLSEG_WEIGHTS = ("dpn_unet_nuclei_v1.pth", "dpn_unet_cell_3ch_v1.pth")
+PARAMETERS_TAG = "parameters"  # the notebook cell papermill (and set_parameters) sets
+# What the inference notebook passes to hpa.predict before PREDICT_OPTIONS (its step 4, with
+# placeholder paths), by SEGMENTER: check_predict_options composes the same command line.
+NOTEBOOK_PREDICT_ARGS = (
+    "models=['model']",
+    "input_dir='test'",
+    "sample_submission='sample_submission.csv'",
+    "submission='submission.csv'",
+)
+NOTEBOOK_SEGMENTATION = {
+    "watershed": ("segmenter=watershed",),
+    "hpacellseg": (
+        "segmenter=hpacellseg",
+        "segmenter.nuclei_model='nuclei.pth'",
+        "segmenter.cell_model='cell.pth'",
+        "segmenter.allow_pickle=true",
+        "segmenter.device=auto",
+    ),
+}
 
 
 def check_out(out: Path) -> Path:
@@ -68,6 +94,15 @@ def replacing(out: Path) -> Iterator[Path]:
         yield tmp
 
 
+def check_no_deps(wheels: Sequence[Path]) -> list[Path]:
+    """The --with-hpacellseg/--with-wheel wheels, each one that installs on Kaggle, given once."""
+    extra = [check_no_deps_wheel(Path(w), NO_DEPS_OPTIONS) for w in wheels]
+    names = [w.name for w in extra]
+    if len(set(names)) < len(names):
+        raise InputError(f"the same wheel is given twice ({', '.join(names)}); give each once")
+    return extra
+
+
 def make_bundle(
     out: Path,
     user: str,
@@ -85,10 +120,8 @@ def make_bundle(
     """
     metadata = dataset_metadata(user, slug, title)
     root = project_root()
-    extra = [check_no_deps_wheel(Path(w), "--with-hpacellseg/--with-wheel") for w in no_deps]
+    extra = check_no_deps(no_deps)
     names = [w.name for w in extra]
-    if len(set(names)) < len(names):
-        raise InputError(f"the same wheel is given twice ({', '.join(names)}); give each once")
     with replacing(out) as tmp:
         log(f"building hpa's wheel from {root}")
         hpa_wheel = build_hpa_wheel(root, tmp)
@@ -111,6 +144,89 @@ def make_bundle(
     return sorted(out.resolve().glob("*.whl"))
 
 
+def check_predict_options(options: Sequence[str], segmenter: str = "watershed") -> list[str]:
+    """`options` if hpa.predict takes each after what the inference notebook passes it (with
+    SEGMENTER = `segmenter`): composed here, so a bad key fails in a second, not on Kaggle."""
+    from hpa.cli import compose
+
+    base = [*NOTEBOOK_PREDICT_ARGS, *NOTEBOOK_SEGMENTATION[segmenter]]
+    for option in options:
+        key, sep, _ = option.partition("=")
+        if not sep or not key.strip():
+            raise InputError(
+                f"--predict-option {option!r}: write KEY=VALUE, an hpa.predict option "
+                "(configs/predict.yaml), e.g. tta=d4"
+            )
+    for i, option in enumerate(options):  # each alone first: the message names the bad one
+        try:
+            compose("predict", [*base, *options[: i + 1]])
+        except InputError as err:
+            problem = str(err).removeprefix("config predict: ")
+            raise InputError(f"--predict-option {option}: {problem}") from None
+    return list(options)
+
+
+def inference_parameters(
+    segmenter_weights: str | None = None, predict_options: Sequence[str] = ()
+) -> dict[str, object]:
+    """The inference notebook's parameters for --segmenter-weights OWNER/SLUG (SEGMENTER =
+    "hpacellseg") and --predict-option KEY=VALUE (PREDICT_OPTIONS), each checked."""
+    parameters: dict[str, object] = {}
+    segmenter = "watershed"
+    if segmenter_weights is not None:
+        check_dataset(segmenter_weights, "--segmenter-weights")
+        parameters["SEGMENTER"] = segmenter = "hpacellseg"
+    if predict_options:
+        parameters["PREDICT_OPTIONS"] = check_predict_options(predict_options, segmenter)
+    return parameters
+
+
+def _notebook_json(notebook: dict) -> str:
+    """As nbformat (and jupytext) write an .ipynb."""
+    return json.dumps(notebook, sort_keys=True, indent=1, ensure_ascii=False) + "\n"
+
+
+def set_parameters(text: str, values: Mapping[str, object], name: str = "notebook") -> str:
+    """The .ipynb `text` with each `NAME = ...` assignment of `values` in its cell tagged
+    "parameters" replaced by `NAME = repr(value)`; every other byte is left as it was.
+
+    Like `papermill -p NAME VALUE`, but in place: the cell keeps its comments and the other
+    parameters. InputError when the notebook has no such cell or assignment.
+    """
+    notebook = json.loads(text)
+    if _notebook_json(notebook) != text:  # else rewriting it would change more than the cell
+        raise InputError(f"{name} is not laid out as nbformat writes it; run jupytext --sync")
+    cells = [
+        cell
+        for cell in notebook.get("cells", [])
+        if PARAMETERS_TAG in cell.get("metadata", {}).get("tags", [])
+    ]
+    if len(cells) != 1:
+        raise InputError(f"{name} has {len(cells)} cells tagged {PARAMETERS_TAG!r}, not one")
+    (cell,) = cells
+    source = cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
+    spans = {
+        node.targets[0].id: (node.lineno, node.end_lineno or node.lineno)
+        for node in ast.parse(source).body
+        if isinstance(node, ast.Assign)
+        and len(node.targets) == 1
+        and isinstance(node.targets[0], ast.Name)
+    }
+    missing = [key for key in values if key not in spans]
+    if missing:
+        raise InputError(f"{name}'s parameters cell assigns no {', '.join(missing)}")
+    lines = source.splitlines(keepends=True)
+    for key in sorted(values, key=lambda k: spans[k][0], reverse=True):
+        literal = repr(values[key])
+        if ast.literal_eval(literal) != values[key]:
+            raise ValueError(f"{key}: {values[key]!r} is not a Python literal")
+        start, end = spans[key]
+        newline = "\n" if lines[end - 1].endswith("\n") else ""
+        lines[start - 1 : end] = [f"{key} = {literal}{newline}"]
+    cell["source"] = lines if isinstance(cell["source"], list) else "".join(lines)
+    return _notebook_json(notebook)
+
+
 def make_kernels(
     out: Path,
     user: str,
@@ -118,23 +234,41 @@ def make_kernels(
     model_slugs: list[str],
     accelerator: str = DEFAULT_ACCELERATOR,
     pinning: str = DEFAULT_PINNING,
+    datasets: Sequence[str] = (),
+    parameters: Mapping[str, object] | None = None,
 ) -> list[Path]:
-    """`out/<kernel>/` with the notebook and its kernel-metadata.json, for `kaggle kernels push -p`."""
+    """`out/<kernel>/` with the notebook and its kernel-metadata.json, for `kaggle kernels push -p`.
+
+    The inference notebook also gets `datasets` (OWNER/SLUG, e.g. hpacellseg's weights) attached
+    and `parameters` set in its parameters cell (set_parameters; inference_parameters makes them).
+    The notebooks under notebooks/ are only read.
+    """
     notebooks = project_root() / "notebooks"
     bundle = f"{user}/{bundle_slug}"
     models = [f"{user}/{s}" if "/" not in s else s for s in model_slugs]
+    extra = [check_dataset(d, "data set") for d in datasets]
     metadata = {  # checked before any folder is replaced
         k: kernel_metadata(
-            k, user, [bundle, *models] if k.needs_models else [bundle], accelerator, pinning
+            k, user, [bundle, *models, *extra] if k.needs_models else [bundle], accelerator, pinning
         )
         for k in KERNELS
+    }
+    edited = {
+        k: set_parameters(
+            (notebooks / k.notebook).read_text(encoding="utf-8"), parameters, k.notebook
+        )
+        for k in KERNELS
+        if k.needs_models and parameters
     }
     written = []
     out = check_out(out)
     out.mkdir(parents=True, exist_ok=True)
     for kernel in KERNELS:
         with replacing(out / kernel_slug(kernel)) as tmp:
-            shutil.copy2(notebooks / kernel.notebook, tmp / kernel.notebook)
+            if kernel in edited:
+                write_text(tmp / kernel.notebook, edited[kernel])
+            else:
+                shutil.copy2(notebooks / kernel.notebook, tmp / kernel.notebook)
             write_json(tmp / KERNEL_METADATA, metadata[kernel])
         written.append(out / kernel_slug(kernel))
     return written

@@ -16,6 +16,7 @@ COMPETITION = "hpa-single-cell-image-classification"
 PLACEHOLDER_USER = "your-kaggle-username"
 # Kaggle's rules for a dataset or kernel slug; titles are 6 to 50 characters.
 SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{1,48}[a-z0-9]$")
+OWNER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,49}$")  # a user name (or organization)
 
 
 # The GPU a pushed notebook asks for (kernel-metadata.json's `machine_shape`, which the kaggle CLI
@@ -71,6 +72,17 @@ def check_slug(slug: str, what: str) -> str:
             f"{what} {slug!r} is not a Kaggle slug: use 3-50 lowercase letters, digits and hyphens"
         )
     return slug
+
+
+def check_dataset(ref: str, what: str) -> str:
+    """`ref` if it names a Kaggle data set as OWNER/SLUG, else InputError naming `what`."""
+    owner, sep, slug = ref.partition("/")
+    if not sep or not OWNER.match(owner) or not SLUG.match(slug):
+        raise InputError(
+            f"{what} {ref!r} is not a Kaggle data set: use OWNER/SLUG (the SLUG 3-50 lowercase "
+            "letters, digits and hyphens), as in the data set's URL kaggle.com/datasets/OWNER/SLUG"
+        )
+    return ref
 
 
 def dataset_metadata(user: str, slug: str, title: str) -> dict[str, Any]:

@@ -10,6 +10,11 @@ those of the last push) or `kaggle datasets create` if not, waits until Kaggle h
 `kaggle kernels push`: those data sets and the competition attached, the accelerator set,
 Internet off. The kernel and its version go to --out/push.json for status, output and submit.
 A CLI failure ends with one line (what the CLI said) and exit status 2.
+
+With --with-hpacellseg [WHEEL] (and --with-wheel WHEEL) the bundle carries HPA-Cell-Segmentation's
+wheel, and --segmenter-weights OWNER/SLUG (a data set already on Kaggle, never uploaded here) is
+attached and sets SEGMENTER = "hpacellseg" in the pushed copy of the notebook; each
+--predict-option KEY=VALUE goes into its PREDICT_OPTIONS. All of them are checked before any call.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +33,10 @@ from hpa.errors import InputError
 from hpa.fsio import atomic_dir, write_json, write_text
 from hpa.kaggle.bundle import (
     DATASET_METADATA,
+    HPACELLSEG_WEIGHTS,
+    check_no_deps,
     check_out,
+    inference_parameters,
     make_bundle,
     make_kernels,
     make_model_dataset,
@@ -191,6 +199,20 @@ def model_slugs(models: list[Path], slugs: list[str] | None) -> list[str]:
     return [check_slug(s, "--model-slug") for s in slugs]
 
 
+def check_hpacellseg(hpacellseg: Path | None, segmenter_weights: str | None) -> None:
+    """Both or neither: the notebook segments with hpacellseg only with its wheel and weights."""
+    if segmenter_weights is not None and hpacellseg is None:
+        raise InputError(
+            f"--segmenter-weights {segmenter_weights}: the bundle needs hpacellseg's wheel as "
+            "well; add --with-hpacellseg [WHEEL]"
+        )
+    if hpacellseg is not None and segmenter_weights is None:
+        raise InputError(
+            "--with-hpacellseg: the notebook also needs hpacellseg's weights; add "
+            f"--segmenter-weights OWNER/SLUG (a data set holding {' and '.join(HPACELLSEG_WEIGHTS)})"
+        )
+
+
 def push(
     models: list[Path],
     out: Path,
@@ -203,8 +225,17 @@ def push(
     wait_s: float = 900.0,
     fetch: Fetcher | None = None,
     log: Log = print,
+    hpacellseg: Path | None = None,
+    wheels: Sequence[Path] = (),
+    segmenter_weights: str | None = None,
+    predict_options: Sequence[str] = (),
 ) -> dict:
-    """Everything `python -m hpa.kaggle push` does; returns what it recorded in out/push.json."""
+    """Everything `python -m hpa.kaggle push` does; returns what it recorded in out/push.json.
+
+    `hpacellseg` and `wheels`: the bundle's --no-deps wheels (`bundle --with-hpacellseg WHEEL
+    --with-wheel WHEEL`); `segmenter_weights`: the data set attached for SEGMENTER = "hpacellseg";
+    `predict_options`: the notebook's PREDICT_OPTIONS.
+    """
     cli = KaggleCli.find()  # every check that needs no work first: fail in a second, not later
     user = require_user(user)
     check_slug(bundle_slug, "--bundle-slug")
@@ -212,6 +243,10 @@ def push(
     check_accelerator(accelerator)
     if pinning not in PINNINGS:
         raise InputError(f"--pinning {pinning!r}: use one of {', '.join(PINNINGS)}")
+    check_hpacellseg(hpacellseg, segmenter_weights)
+    no_deps = check_no_deps([*([hpacellseg] if hpacellseg else []), *wheels])
+    parameters = inference_parameters(segmenter_weights, predict_options)
+    attached = [segmenter_weights] if segmenter_weights else []
     for model in models:  # read_model_config's first check, without importing torch (seconds)
         if not all((model / name).is_file() for name in MODEL_FILES):
             raise InputError(
@@ -225,10 +260,20 @@ def push(
     for dataset in datasets:  # also proves the CLI and its token work, before minutes of building
         on_kaggle[dataset] = exists(cli, dataset)
         log(f"data set {dataset}: {'on Kaggle' if on_kaggle[dataset] else 'not on Kaggle yet'}")
+    for dataset in attached:  # someone else's to upload: only checked, attached as it is
+        if not exists(cli, dataset):
+            raise InputError(
+                f"--segmenter-weights {dataset}: no such data set on Kaggle (or not shared with "
+                f"{user}); create it from a folder holding {' and '.join(HPACELLSEG_WEIGHTS)} "
+                "with kaggle datasets create -p FOLDER"
+            )
+        log(f"data set {dataset}: on Kaggle (attached, not uploaded: hpacellseg's weights)")
 
     log(f"bundle: building {out / bundle_slug} (hpa's wheel + what Kaggle's image lacks)")
     folders = [out / bundle_slug]
-    make_bundle(folders[0], user, bundle_slug, "hpa offline wheels", fetch=fetch, log=log)
+    make_bundle(
+        folders[0], user, bundle_slug, "hpa offline wheels", fetch=fetch, log=log, no_deps=no_deps
+    )
     for i, (model, slug) in enumerate(zip(models, slugs, strict=True), start=1):
         title = "hpa model" if i == 1 else f"hpa model {i}"
         log(f"model: {model} -> {out / slug}")
@@ -241,12 +286,16 @@ def push(
             known[dataset] = fingerprint(folder)
             write_json(out / STATE, {**state, "datasets": known})  # kept if a later step fails
 
-    kernels = make_kernels(out / "kernels", user, bundle_slug, slugs, accelerator, pinning)
+    kernels = make_kernels(
+        out / "kernels", user, bundle_slug, slugs, accelerator, pinning, attached, parameters
+    )
     folder = next(k for k in kernels if k.name == kernel_slug(INFERENCE))
     kernel = f"{user}/{folder.name}"
+    for name, value in parameters.items():
+        log(f"notebook {kernel}: {name} = {value!r}")
     log(
         f"notebook {kernel}: kaggle kernels push -p {folder} ({accelerator}, Internet off, "
-        f"data sets {', '.join(datasets)}, competition {COMPETITION})"
+        f"data sets {', '.join([*datasets, *attached])}, competition {COMPETITION})"
     )
     done = cli.run("kernels", "push", "-p", str(folder))
     found = re.search(r"Kernel version (\d+)", done.stdout)
