@@ -21,6 +21,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from hpa.errors import InputError
+from hpa.inference.tta_names import ALIASES, TRANSFORMS, transform_names
 
 
 @dataclass(frozen=True)
@@ -206,6 +207,16 @@ _TRAIN: dict[str, Rule] = {
     "export": boolean(),
 }
 
+def _tta_ok(value: Any) -> bool:
+    if isinstance(value, ListConfig):
+        value = list(value)
+    try:
+        transform_names(value)
+    except InputError:
+        return False
+    return True
+
+
 RULES: dict[str, dict[str, Rule]] = {
     "train": _TRAIN,
     "prepare": {
@@ -238,6 +249,10 @@ RULES: dict[str, dict[str, Rule]] = {
         "downweight.area.border": number(ge=0, nullable=True),
         "downweight.area.interior": number(ge=0, nullable=True),
         "downweight.area.reference_size": number(gt=0),
+        "tta": Rule(
+            f"d4, a count 1-{len(TRANSFORMS)} or a list of {', '.join([*TRANSFORMS, *ALIASES])}",
+            _tta_ok,
+        ),
         "tta_scales": number_list(ge=0.25, le=4),
         "min_confidence": number(ge=0, le=1),
         "ensemble": text(nullable=True),

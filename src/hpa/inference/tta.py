@@ -13,9 +13,11 @@ import torch
 import torch.nn.functional as F
 
 from hpa.errors import InputError
+from hpa.inference.tta_names import ALIASES, TRANSFORMS, transform_names
 
-# N x C x H x W: dims 2 (rows) and 3 (columns). The first four are the old flip TTA, in its
-# order, so `tta: 4` still means none, hflip, vflip, hvflip; all eight are the dihedral group D4.
+__all__ = ["ALIASES", "DIHEDRAL", "TRANSFORMS", "Augmentation", "augmentations", "transform_names"]
+
+# N x C x H x W: dims 2 (rows) and 3 (columns), in the order of tta_names.TRANSFORMS.
 DIHEDRAL: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "none": lambda x: x,
     "hflip": lambda x: x.flip(3),
@@ -26,11 +28,7 @@ DIHEDRAL: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "transpose": lambda x: x.transpose(2, 3),  # mirror on the main diagonal
     "transverse": lambda x: torch.rot90(x, 2, (2, 3)).transpose(2, 3),  # the other diagonal
 }
-ALIASES = {
-    "d4": list(DIHEDRAL),
-    "flips": ["none", "hflip", "vflip", "hvflip"],
-    "rot180": ["hvflip"],
-}
+assert tuple(DIHEDRAL) == TRANSFORMS
 
 
 @dataclass(frozen=True)
@@ -47,24 +45,6 @@ class Augmentation:
         size = [max(8, round(self.scale * s)) for s in out.shape[2:]]
         # uint8 in, float out: HPANet takes either, and rounding back would only add noise.
         return F.interpolate(out.float(), size=size, mode="bilinear", align_corners=False)
-
-
-def transform_names(tta: str | int | Sequence[str]) -> list[str]:
-    """`d4`, a count 1-8 (in DIHEDRAL's order) or a list of names/aliases -> transform names."""
-    if isinstance(tta, bool):
-        tta = [str(tta)]
-    if isinstance(tta, int):
-        names = list(DIHEDRAL)[:tta] if 1 <= tta <= len(DIHEDRAL) else []
-    else:
-        items = [tta] if isinstance(tta, str) else list(tta)
-        names = [n for item in items for n in ALIASES.get(str(item), [str(item)])]
-    unknown = [n for n in names if n not in DIHEDRAL]
-    if unknown or not names:
-        raise InputError(
-            f"tta={tta!r}: use d4, a count 1-{len(DIHEDRAL)} or a list of "
-            f"{', '.join([*DIHEDRAL, *ALIASES])}"
-        )
-    return list(dict.fromkeys(names))  # a name twice would only weigh it double
 
 
 def augmentations(
