@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +14,8 @@ import pytest
 from hpa.benchmark import Benchmark, aggregate, main, merge_overrides
 from hpa.cli import compose
 from hpa.labels import CLASS_NAMES
+from procs import child_env, signal_when
+from tiny_train import tiny as tiny_train
 
 
 def hydra_list(items: list[str]) -> str:
@@ -24,21 +23,8 @@ def hydra_list(items: list[str]) -> str:
     return "[" + ",".join(f"'{i}'" for i in items) + "]"
 
 
-TINY_TRAIN = [
-    "data=cells",
-    "data.root={train_data}",
-    "data.synthetic=null",
-    "data.image_size=32",
-    "data.batch_size=16",
-    "data.num_workers=0",
-    "data.n_folds=4",
-    "model.backbone=test_resnet",
-    "model.pretrained=false",
-    "trainer.accelerator=cpu",
-    "trainer.max_epochs=1",
-    "logger=csv",
-    "threads=1",
-]
+# The tests' tiny training run, on the benchmark's training set, in cell batches of 16.
+TINY_TRAIN = ["data=cells", *tiny_train("{train_data}", None, "threads=1", batch_size=16)]
 
 
 def tiny(out: Path, variants: list[str], *extra: str) -> list[str]:
@@ -66,12 +52,11 @@ def tiny(out: Path, variants: list[str], *extra: str) -> list[str]:
 
 
 def run_cli(args: list[str], **kwargs) -> subprocess.CompletedProcess:
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run(
         [sys.executable, "-m", "hpa.benchmark", *args],
         capture_output=True,
         text=True,
-        env=env,
+        env=child_env(),
         **kwargs,
     )
 
@@ -80,22 +65,13 @@ def run_cli(args: list[str], **kwargs) -> subprocess.CompletedProcess:
 def session(tmp_path_factory):
     """A SIGTERMed first run, then the rerun that continues it; their outputs."""
     out = tmp_path_factory.mktemp("bench") / "out"
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
-    args = tiny(out, ["baseline", "slow"])
-    first = subprocess.Popen(
-        [sys.executable, "-m", "hpa.benchmark", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
+    first = signal_when(
+        [sys.executable, "-m", "hpa.benchmark", *tiny(out, ["baseline", "slow"])],
+        out / "slow" / "before0.log",  # slow's before-command is sleeping
+        env=child_env(),
+        timeout_s=300,
+        settle_s=1,
     )
-    sleeping = out / "slow" / "before0.log"
-    deadline = time.monotonic() + 300
-    while not sleeping.exists() and first.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.5)
-    time.sleep(1)
-    first.send_signal(signal.SIGTERM)
-    stdout, stderr = first.communicate(timeout=120)
     summary_after_stop = json.loads((out / "benchmark.json").read_text())
     train_stamp = (out / "baseline" / "train.json").stat().st_mtime_ns
 
@@ -103,7 +79,7 @@ def session(tmp_path_factory):
     rerun = run_cli(tiny(out, ["baseline", "tta", "broken"]))
     return {
         "out": out,
-        "stopped": (first.returncode, stdout, stderr),
+        "stopped": (first.returncode, first.stdout, first.stderr),
         "summary_after_stop": summary_after_stop,
         "train_stamp": train_stamp,
         "rerun": rerun,

@@ -17,17 +17,15 @@ from hpa.cli import compose
 from hpa.inference.cam import cam_cell_probs, pool_in_cells
 from hpa.inference.classifiers import Classifier
 from hpa.inference.tta import augmentations
-from hpa.labels import CLASS_NAMES, NUM_CLASSES
+from hpa.labels import NUM_CLASSES
 from hpa.models.cam import class_maps, feature_map, puzzle_logits
-from hpa.models.export import export_model
-from hpa.models.factory import create_backbone
 from hpa.models.net import HPANet
 from hpa.predict import main as predict_main
 from hpa.synthetic import SyntheticConfig, generate_dataset
 from hpa.train import train
+from untrained_model import export_untrained, untrained_net
 
 torch.set_num_threads(1)
-MEAN, STD = [0.08, 0.05, 0.05, 0.08], [0.15, 0.11, 0.16, 0.15]
 
 
 class PerPixel(nn.Module):
@@ -58,12 +56,6 @@ def identity_net(backbone: nn.Module) -> HPANet:
     return HPANet(backbone, mean=[0.0] * 4, std=[1 / 255] * 4).eval()
 
 
-def resnet(global_pool: str | None = None, seed: int = 0) -> HPANet:
-    torch.manual_seed(seed)
-    backbone = create_backbone("test_resnet", NUM_CLASSES, 4, global_pool=global_pool)
-    return HPANet(backbone, MEAN, STD).eval()
-
-
 def random_images(n: int, size: int, seed: int = 0) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (n, 4, size, size), generator=gen, dtype=torch.uint8)
@@ -84,7 +76,7 @@ def blob_labels(height: int, width: int, seed: int = 0) -> np.ndarray:
 
 @torch.no_grad()
 def test_avg_pool_maps_average_to_the_image_logits():
-    net, images = resnet(), random_images(2, 64)
+    net, images = untrained_net(), random_images(2, 64)
     maps = class_maps(net, images)
     assert maps.shape[:2] == (2, NUM_CLASSES) and maps.shape[2:] == (2, 2)  # stride 32
     torch.testing.assert_close(maps.mean((2, 3)), net(images), rtol=1e-4, atol=1e-5)
@@ -92,7 +84,7 @@ def test_avg_pool_maps_average_to_the_image_logits():
 
 @torch.no_grad()
 def test_catavgmax_map_is_the_classifier_as_a_1x1_convolution():
-    net, images = resnet("catavgmax"), random_images(2, 64)
+    net, images = untrained_net(global_pool="catavgmax"), random_images(2, 64)
     features = feature_map(net, images)
     fc = net.backbone.get_classifier()
     width = features.shape[1]
@@ -163,7 +155,7 @@ def test_puzzle_loss_is_zero_for_translation_equivariant_maps():
 
 
 def test_puzzle_loss_of_a_padded_cnn_is_positive_and_trains_it():
-    net = resnet()
+    net = untrained_net()
     images = random_images(2, 64)
     with torch.no_grad():
         logits, loss = puzzle_logits(net, images, tiles=2)
@@ -208,18 +200,7 @@ def test_training_with_puzzle_weight_logs_the_puzzle_loss(tiny_dataset, tmp_path
 @pytest.fixture(scope="module")
 def image_model_and_testset(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("cam_predict")
-    torch.manual_seed(0)
-    backbone = create_backbone("test_resnet", num_classes=NUM_CLASSES, in_chans=4)
-    meta = {
-        "backbone": "test_resnet",
-        "num_classes": NUM_CLASSES,
-        "in_chans": 4,
-        "class_names": list(CLASS_NAMES),
-        "image_size": 64,
-        "level": "image",
-        "cell_margin": None,
-    }
-    model = export_model(HPANet(backbone, MEAN, STD), root / "model", meta)
+    model = export_untrained(root / "model", "image", 64)
     cfg = SyntheticConfig(
         n_images=3, seed=5, image_size=96, cells_per_image=(3, 4), split="test", workers=1
     )

@@ -17,6 +17,7 @@ import pytest
 from hpa import doctor
 from hpa import doctor_standalone as standalone
 from hpa.doctor import check_model, check_python, check_requirements, check_writable, run_checks
+from procs import child_env
 
 _probe = doctor.check_imports
 
@@ -159,7 +160,7 @@ def test_unwritable_output_fails(tmp_path):
 
 
 def test_passes_in_this_environment_as_a_subprocess(tmp_path):
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    env = child_env(threads=None)
     done = subprocess.run(
         [sys.executable, "-m", "hpa.doctor", "--output", str(tmp_path)],
         capture_output=True,

@@ -2,7 +2,6 @@
 the README shows is also a console script `hpa-X` of the installed package."""
 
 import importlib
-import os
 import re
 import subprocess
 import sys
@@ -11,8 +10,10 @@ from pathlib import Path
 import pytest
 import tomllib
 
+from procs import child_env
+
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
+ENV = child_env()
 
 
 def readme_commands() -> set[str]:

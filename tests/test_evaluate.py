@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from hpa.labels import CLASS_NAMES
 from hpa.submission import encode_binary_mask
 from hpa.submission.metric import Detection, MeanAveragePrecision, average_precision
 from hpa.synthetic import SyntheticConfig, generate_dataset
+from procs import child_env
 
 # ---- hand-built cases ------------------------------------------------------------------------
 
@@ -216,7 +216,7 @@ def test_cli_bad_input_exits_2_without_traceback(truth_dir, tmp_path):
         ],
         capture_output=True,
         text=True,
-        env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"},
+        env=child_env(threads=None),
     )
     assert run.returncode == 2
     assert "none.csv does not exist" in run.stderr and "Traceback" not in run.stderr
@@ -244,7 +244,7 @@ def test_mask_encoded_at_another_size_is_an_input_error(truth_dir, tmp_path, sid
         ],
         capture_output=True,
         text=True,
-        env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"},
+        env=child_env(threads=None),
     )
     assert run.returncode == 2, run.stderr
     assert "Traceback" not in run.stderr

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import pytest
 from external_server import HPAServer, public_hpa, write_list
 from hpa.data.images import CHANNELS, read_channel, read_sample, resize
 from hpa.external.__main__ import main
+from procs import child_env
 
 SIZE = 64
 FAST = [  # small timeouts and backoffs: the faults below stall for 3 s, the client waits 0.5 s
@@ -123,7 +123,7 @@ def test_kill_and_rerun_fetches_only_what_is_missing(tmp_path, data):
             f"out={out}",
             *FAST,
         ]
-        env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+        env = child_env(threads=None)
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             deadline = time.monotonic() + 120

@@ -19,6 +19,7 @@ from hpa.data.images import CHANNELS, read_sample
 from hpa.external.__main__ import main
 from hpa.pipeline import build_datamodule
 from hpa.synthetic import SyntheticConfig, generate_dataset
+from procs import child_env
 
 SIZE = 64
 
@@ -186,7 +187,7 @@ def compose_data(cfg) -> dict:
 
 @pytest.mark.slow
 def test_merged_root_feeds_prepare_and_training(sources):
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    env = child_env(threads=None)
     main(merged_args(sources))
     merged = sources / "merged"
     prepare = [

@@ -26,14 +26,10 @@ import pandas as pd
 import pytest
 
 from hpa.synthetic import SyntheticConfig, generate_dataset
+from procs import child_env
 
 BOOT = Path(__file__).with_name("faultboot.py")
-ENV = {
-    **os.environ,
-    "NO_ALBUMENTATIONS_UPDATE": "1",
-    "OMP_NUM_THREADS": "1",
-    "PYTHONUNBUFFERED": "1",
-}
+ENV = child_env(PYTHONUNBUFFERED="1")
 FSIO_TEMP = re.compile(r"^\..+\.tmp-\d+")  # hpa.fsio's temp files and folders
 N_TRAIN = 8  # samples prepare caches
 N_TEST = 3  # images predict and evaluate go through
@@ -224,12 +220,7 @@ BY_NAME = pytest.mark.parametrize("cmd", COMMANDS, ids=[c.name for c in COMMANDS
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> Path:
-    import torch
-
-    from hpa.labels import CLASS_NAMES, NUM_CLASSES
-    from hpa.models.export import export_model
-    from hpa.models.factory import create_backbone
-    from hpa.models.net import HPANet
+    from untrained_model import export_untrained
 
     root = tmp_path_factory.mktemp("inputs")
     generate_dataset(
@@ -242,22 +233,7 @@ def inputs(tmp_path_factory) -> Path:
         root / "test",
         progress=False,
     )
-    torch.manual_seed(0)
-    net = HPANet(
-        create_backbone("test_resnet", num_classes=NUM_CLASSES, in_chans=4),
-        [0.08, 0.05, 0.05, 0.08],
-        [0.15, 0.11, 0.16, 0.15],
-    )
-    meta = {
-        "backbone": "test_resnet",
-        "num_classes": NUM_CLASSES,
-        "in_chans": 4,
-        "class_names": list(CLASS_NAMES),
-        "image_size": 64,
-        "level": "image",
-        "cell_margin": None,
-    }
-    export_model(net, root / "model", meta)
+    export_untrained(root / "model", "image", 64)
     return root
 
 

@@ -20,22 +20,13 @@ from hpa.inference.classifiers import predict_probs
 from hpa.inference.combine import cell_weights
 from hpa.inference.tta import DIHEDRAL, augmentations, transform_names
 from hpa.inference.weights import read_ensemble_file, resolve_model_weights
-from hpa.labels import CLASS_NAMES, NUM_CLASSES
-from hpa.models.export import export_model
-from hpa.models.factory import create_backbone
-from hpa.models.net import HPANet
+from hpa.labels import NUM_CLASSES
 from hpa.predict import apply_ensemble, main, options_from
 from hpa.segment.base import Segmentation
 from hpa.submission.writer import prediction_string
+from untrained_model import export_untrained, untrained_net
 
 torch.set_num_threads(1)
-MEAN, STD = [0.08, 0.05, 0.05, 0.08], [0.15, 0.11, 0.16, 0.15]
-
-
-def tiny_net(seed: int = 0) -> HPANet:
-    torch.manual_seed(seed)
-    backbone = create_backbone("test_resnet", num_classes=NUM_CLASSES, in_chans=4)
-    return HPANet(backbone, MEAN, STD).eval()
 
 
 class Symmetrised(nn.Module):
@@ -67,7 +58,7 @@ def test_the_eight_transforms_are_the_distinct_elements_of_d4():
 
 
 def test_a_symmetric_model_is_invariant_to_every_dihedral_transform_of_the_input():
-    net = Symmetrised(tiny_net())
+    net = Symmetrised(untrained_net())
     batch = images()
     reference = predict_probs([net], batch, augmentations("none"), batch_size=8)
     for name, transform in DIHEDRAL.items():
@@ -79,7 +70,7 @@ def test_a_symmetric_model_is_invariant_to_every_dihedral_transform_of_the_input
 
 
 def test_d4_tta_is_the_mean_over_the_eight_transformed_inputs():
-    net = tiny_net(1)
+    net = untrained_net(1)
     batch = images(seed=1)
     x = torch.from_numpy(batch).permute(0, 3, 1, 2)
     with torch.inference_mode():
@@ -92,7 +83,7 @@ def test_d4_tta_is_the_mean_over_the_eight_transformed_inputs():
 
 
 def test_scales_resize_the_input_and_average_with_every_transform():
-    net = tiny_net(2)
+    net = untrained_net(2)
     batch = images(seed=2)
     x = torch.from_numpy(batch).permute(0, 3, 1, 2).float()
     big = torch.nn.functional.interpolate(x, size=[40, 40], mode="bilinear", align_corners=False)
@@ -119,7 +110,7 @@ def test_tta_names_old_and_new():
 
 
 def test_weighted_ensemble_mean():
-    a, b, batch = tiny_net(3), tiny_net(4), images(seed=3)
+    a, b, batch = untrained_net(3), untrained_net(4), images(seed=3)
     pa = predict_probs([a], batch, augmentations("none"), 8)
     pb = predict_probs([b], batch, augmentations("none"), 8)
     got = predict_probs([a, b], batch, augmentations("none"), 8, weights=[3.0, 1.0])
@@ -201,25 +192,13 @@ def fabricated_runs(root: Path, n: int = 300) -> tuple[Path, list[Path]]:
         ]
     ):
         run = root / f"run{k}"
-        export_model(tiny_net(), run / "model", model_meta("image", 32))
+        export_untrained(run / "model", "image", 32)
         frame = pd.DataFrame(probs, columns=[str(c) for c in range(NUM_CLASSES)])
         frame.insert(0, "fold", 0)
         frame.insert(0, "ID", ids)
         frame.to_csv(run / "oof.csv", index=False)
         runs.append(run)
     return data, runs
-
-
-def model_meta(level: str, size: int) -> dict:
-    return {
-        "backbone": "test_resnet",
-        "num_classes": NUM_CLASSES,
-        "in_chans": 4,
-        "class_names": list(CLASS_NAMES),
-        "image_size": size,
-        "level": level,
-        "cell_margin": 0.05 if level == "cell" else None,
-    }
 
 
 def test_search_weights_downweights_a_noise_model():
@@ -288,7 +267,7 @@ def test_cell_and_image_oof_search_the_combine_too(tmp_path):
         ("cell", cell_probs, "cell", {"ID": np.repeat(ids, 3), "cell": np.tile([0, 1, 2], 60)}),
     ):
         run = tmp_path / name
-        export_model(tiny_net(), run / "model", model_meta(level, 32))
+        export_untrained(run / "model", level, 32)
         frame = pd.DataFrame(probs, columns=[str(c) for c in range(NUM_CLASSES)])
         frame.insert(0, "fold", 0)
         for position, (key, values) in enumerate(keys.items()):
@@ -360,8 +339,8 @@ def run_predict(models: list[Path], testset: Path, out: Path, *extra: str) -> pd
 
 def test_predict_with_new_options_end_to_end(testset, tmp_path):
     models = [
-        export_model(tiny_net(5), tmp_path / "a", model_meta("image", 32)),
-        export_model(tiny_net(6), tmp_path / "b", model_meta("cell", 32)),
+        export_untrained(tmp_path / "a", "image", 32, seed=5),
+        export_untrained(tmp_path / "b", "cell", 32, seed=6),
     ]
     full = run_predict(
         models, testset, tmp_path / "full.csv", "tta=[none,rot90]", "tta_scales=[1.0,1.25]"

@@ -21,42 +21,29 @@ import pandas as pd
 import pytest
 import yaml
 
+from procs import child_env
+from tiny_train import tiny as tiny_train
+
 DEMO_PARAMS = {"optimizer.lr", "optimizer.weight_decay", "model.drop_rate", "model.global_pool"}
 
 
-def tiny(data_root: Path, out: Path, *extra: str) -> list[str]:
+def tiny(data_root: Path, out: Path) -> list[str]:
     """Overrides for a seconds-long CPU job on the tiny synthetic set (2 folds of 20 images)."""
-    return [
-        f"data.root={data_root}",
-        "data.synthetic=null",
-        "data.image_size=32",
-        "data.batch_size=8",
-        "data.num_workers=0",
-        "data.n_folds=2",
-        "model.backbone=test_resnet",
-        "model.pretrained=false",
-        "trainer.accelerator=cpu",
-        "trainer.max_epochs=1",
+    return tiny_train(
+        data_root,
+        out,
         "+trainer.limit_train_batches=2",  # the whole validation set: oof.csv needs every row
-        "logger=csv",
         "threads=1",
-        f"paths.output_dir={out}",
-        *extra,
-    ]
+        n_folds=2,
+    )
 
 
 def run_train(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ,
-        "NO_ALBUMENTATIONS_UPDATE": "1",
-        "PYTHONUNBUFFERED": "1",
-        "OMP_NUM_THREADS": "1",  # two jobs at once on a 2-core box
-        "HPA_LOG_DIR": str(cwd / "logs"),
-    }
     done = subprocess.run(
         [sys.executable, "-m", "hpa.train", *args],
         cwd=cwd,
-        env=env,
+        # one OpenMP thread (child_env's default): two jobs at once on a 2-core box
+        env=child_env(PYTHONUNBUFFERED="1", HPA_LOG_DIR=str(cwd / "logs")),
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -17,34 +16,14 @@ from hpa.errors import InputError
 from hpa.evaluate import evaluate
 from hpa.inference.combine import cell_weights, combine
 from hpa.inference.tta import transform_names
-from hpa.labels import CLASS_NAMES, NUM_CLASSES
-from hpa.models.export import export_model
-from hpa.models.factory import create_backbone
-from hpa.models.net import HPANet
+from hpa.labels import NUM_CLASSES
 from hpa.predict import main
 from hpa.segment.base import Segmentation
 from hpa.submission.encoding import decode_binary_mask
 from hpa.submission.writer import SubmissionWriter, prediction_string, read_sample_submission
 from hpa.synthetic import SyntheticConfig, generate_dataset
-
-MEAN, STD = [0.08, 0.05, 0.05, 0.08], [0.15, 0.11, 0.16, 0.15]
-
-
-def export_untrained(out: Path, level: str, size: int, seed: int = 0) -> Path:
-    import torch
-
-    torch.manual_seed(seed)
-    net = HPANet(create_backbone("test_resnet", num_classes=NUM_CLASSES, in_chans=4), MEAN, STD)
-    meta = {
-        "backbone": "test_resnet",
-        "num_classes": NUM_CLASSES,
-        "in_chans": 4,
-        "class_names": list(CLASS_NAMES),
-        "image_size": size,
-        "level": level,
-        "cell_margin": 0.05 if level == "cell" else None,
-    }
-    return export_model(net, out, meta)
+from procs import child_env
+from untrained_model import export_untrained
 
 
 @pytest.fixture(scope="module")
@@ -309,7 +288,7 @@ def test_sample_submission_errors(tmp_path):
 
 
 def train_tiny(tmp: Path, name: str, *overrides: str) -> Path:
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    env = child_env(threads=None)
     cmd = [
         sys.executable,
         "-m",

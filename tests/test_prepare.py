@@ -25,6 +25,7 @@ from hpa.data.dataset import ImageDataset, RawImages
 from hpa.data.images import CHANNELS, read_sample, write_channel
 from hpa.data.transforms import build_transform
 from hpa.prepare import main, prepare_cache, read_report
+from procs import child_env
 
 TRAIN_AUGMENT = [
     {"name": "HorizontalFlip", "p": 0.5},
@@ -194,7 +195,7 @@ def test_cache_and_raw_give_the_same_batch_for_the_same_seed(small_set):
 def test_sigkill_then_rerun_gives_the_uninterrupted_cache(tmp_path):
     make_set(tmp_path, n=40, size=384, seed=3)
     cmd = [sys.executable, "-m", "hpa.prepare", f"data.root={tmp_path}", "data.image_size=64"]
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+    env = child_env(threads=None)
     folder = cache_dir(tmp_path, "train", 64)
     subprocess.run(cmd, check=True, env=env, capture_output=True)
     reference = cache_files(folder)

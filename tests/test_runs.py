@@ -7,7 +7,6 @@ metrics.json, one epoch in csv/metrics.csv), the latter inside a multirun's job 
 
 import csv
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -16,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from hpa.runs import main, read_run
-from test_train import tiny
+from procs import child_env
+from tiny_train import tiny
 
-ENV = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
+ENV = child_env()
 LIGHT = (".hydra", "csv", "metrics.json", "train.log")  # what hpa.runs reads of a run
 
 

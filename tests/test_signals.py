@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from hpa.signals import EXIT_SIGTERM, graceful_sigterm
+from procs import child_env
 
-ENV = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
+ENV = child_env(threads=None, PYTHONUNBUFFERED="1")
 
 
 def start(code: str) -> subprocess.Popen:

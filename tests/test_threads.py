@@ -17,7 +17,7 @@ from hpa.threads import (
     configure_training_threads,
     training_processes,
 )
-from test_train import tiny
+from tiny_train import tiny
 
 ENV = {k: v for k, v in os.environ.items() if k not in threads.ENV_VARS}
 ENV["NO_ALBUMENTATIONS_UPDATE"] = "1"

@@ -1,11 +1,9 @@
 """Training: configs compose, runs write the contract's outputs, learning beats shuffled labels."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -13,39 +11,20 @@ import pytest
 
 from hpa.cli import compose
 from hpa.train import train
+from procs import child_env, signal_when
+from tiny_train import tiny
 
 CONFIGS = Path(__file__).resolve().parents[1] / "src" / "hpa" / "configs"
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
 DEBUGS = sorted(p.stem for p in (CONFIGS / "debug").glob("*.yaml"))
 
 
-def tiny(data_root, out, *extra):
-    """Overrides for a seconds-long CPU run on the tiny synthetic set."""
-    return [
-        f"data.root={data_root}",
-        "data.synthetic=null",
-        "data.image_size=32",
-        "data.batch_size=8",
-        "data.num_workers=0",
-        "data.n_folds=4",
-        "model.backbone=test_resnet",
-        "model.pretrained=false",
-        "trainer.accelerator=cpu",
-        "trainer.max_epochs=1",
-        "logger=csv",
-        f"paths.output_dir={out}",
-        *extra,
-    ]
-
-
 def run_cli(args, cwd, threads=None, **kwargs):
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1"}
-    if threads:  # one OpenMP thread per process when several processes share the cores
-        env["OMP_NUM_THREADS"] = str(threads)
+    # threads: one OpenMP thread per process when several processes share the cores
     return subprocess.run(
         [sys.executable, "-m", "hpa.train", *args],
         cwd=cwd,
-        env=env,
+        env=child_env(threads=threads, PYTHONUNBUFFERED="1"),
         capture_output=True,
         text=True,
         **kwargs,
@@ -261,21 +240,16 @@ def test_sigkill_then_resume_ends_at_planned_epoch(tiny_dataset, tmp_path):
         "data.image_size=64",
         "model.backbone=resnet18",
     )
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hpa.train", *args],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     last = out / "checkpoints" / "last.ckpt"
-    deadline = time.monotonic() + 600
-    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    time.sleep(0.3)  # into the next epoch
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    signal_when(
+        [sys.executable, "-m", "hpa.train", *args],
+        last,
+        env=child_env(threads=None),
+        cwd=tmp_path,
+        timeout_s=600,
+        settle_s=0.3,  # into the next epoch
+        sig=signal.SIGKILL,
+    )
     assert last.exists() and not (out / "metrics.json").exists(), "the run ended before the kill"
     r = run_cli([*args, f"ckpt_path={last}"], tmp_path, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -4,10 +4,8 @@ epoch, SIGTERM and full disks end in one line with a resumable state, history su
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -15,36 +13,17 @@ import pytest
 import torch
 
 from hpa.errors import InputError, one_line
+from procs import child_env, signal_when
+from tiny_train import tiny
 
 HELPERS = Path(__file__).resolve().parent / "helpers"
 
 
-def tiny(data_root, out, *extra):
-    return [
-        f"data.root={data_root}",
-        "data.synthetic=null",
-        "data.image_size=32",
-        "data.batch_size=8",
-        "data.num_workers=0",
-        "data.n_folds=4",
-        "model.backbone=test_resnet",
-        "model.pretrained=false",
-        "trainer.accelerator=cpu",
-        "trainer.max_epochs=1",
-        "logger=csv",
-        f"paths.output_dir={out}",
-        *extra,
-    ]
-
-
 def env():
-    return {
-        **os.environ,
-        "NO_ALBUMENTATIONS_UPDATE": "1",
-        "PYTHONUNBUFFERED": "1",
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join([str(HELPERS), os.environ.get("PYTHONPATH", "")]),
-    }
+    return child_env(
+        PYTHONUNBUFFERED="1",
+        PYTHONPATH=os.pathsep.join([str(HELPERS), os.environ.get("PYTHONPATH", "")]),
+    )
 
 
 def run(args, cwd, **kwargs):
@@ -208,33 +187,24 @@ def test_sigterm_saves_a_resumable_checkpoint_and_exits_143(target, tiny_dataset
         "data.persistent_workers=false",
         "model.backbone=resnet18",
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hpa.train", *args],
-        cwd=tmp_path,
-        env=env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
     last = out / "checkpoints" / "last.ckpt"
-    deadline = time.monotonic() + 600
-    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    time.sleep(0.5)  # into the next epoch
-    if target == "group":
-        os.killpg(proc.pid, signal.SIGTERM)
-    else:
-        proc.send_signal(signal.SIGTERM)
-    stdout, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 143, stderr[-3000:]
-    assert "Traceback" not in stderr + stdout
-    stops = [line for line in stderr.splitlines() if line.startswith("stopped by SIGTERM")]
+    stopped = signal_when(
+        [sys.executable, "-m", "hpa.train", *args],
+        last,
+        env=env(),
+        cwd=tmp_path,
+        timeout_s=600,
+        settle_s=0.5,  # into the next epoch
+        group=target == "group",
+    )
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    assert "Traceback" not in stopped.stderr + stopped.stdout
+    stops = [line for line in stopped.stderr.splitlines() if line.startswith("stopped by SIGTERM")]
     assert len(stops) == 1 and f"ckpt_path={last}" in stops[0]
     assert not (out / "metrics.json").exists()
     # No worker outlives the run.
     with pytest.raises(ProcessLookupError):
-        os.killpg(proc.pid, 0)
+        os.killpg(stopped.pid, 0)
     state = ckpt(last)
     r = run([*args, f"ckpt_path={last}"], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -18,7 +18,8 @@ from hpa.train import train
 from hpa.training.finish import gather_predictions
 from hpa.training.mixing import mix_batch
 from hpa.training.module import HPAModule, warmup_cosine
-from test_train import run_cli, tiny
+from test_train import run_cli
+from tiny_train import tiny
 
 # --- mixup / CutMix -------------------------------------------------------------------------
 
