@@ -7,7 +7,6 @@ quote it.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,9 +18,10 @@ import hpa.train
 from hpa.cli import compose, override_problem
 from hpa.config_check import RULES, check_config
 from hpa.errors import InputError
+from procs import child_env
 
 CONFIGS = Path(__file__).resolve().parents[1] / "src" / "hpa" / "configs"
-ENV = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
+ENV = child_env()
 
 
 def run_cli(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -123,6 +123,19 @@ def test_values_in_range_pass(overrides):
 def test_a_key_only_some_configs_have_is_checked_where_present():
     with pytest.raises(InputError, match="data.cells_per_image=0"):
         compose("train", ["paths.output_dir=x", "data=cells", "data.cells_per_image=0"])
+
+
+@pytest.mark.parametrize("tta", ["d4", "4", "[none,hflip]", "flips", "[rot180,transpose]"])
+def test_predict_tta_choices_pass(tta):
+    compose("predict", [f"tta={tta}"])
+
+
+@pytest.mark.parametrize("tta", ["sideways", "9", "0", "[none,spin]", "[]", "true"])
+def test_a_bad_predict_tta_is_named_when_composed(tta):
+    """Checked with the config (hpa.kaggle push --predict-option relies on it), not only once
+    prediction starts; the message lists what tta takes."""
+    with pytest.raises(InputError, match=r"tta=.*d4, a count 1-8 or a list of none, hflip"):
+        compose("predict", [f"tta={tta}"])
 
 
 def test_missing_required_values_are_left_to_the_command():
