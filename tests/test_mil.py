@@ -9,14 +9,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from hpa.cli import compose
 from hpa.data.bags import BagDataset
 from hpa.errors import InputError
 from hpa.labels import NUM_CLASSES
+from hpa.models.export import load_exported
 from hpa.models.factory import create_backbone
 from hpa.models.mil import POOLS, CellPool, cell_outputs, feature_size
 from hpa.models.net import HPANet
+from hpa.pipeline import build_datamodule
 from hpa.predict import main as predict_main
 from hpa.synthetic import SyntheticConfig, generate_dataset
 from hpa.train import train
@@ -173,8 +176,25 @@ def test_tiny_mil_training_exports_a_cell_model_that_predict_runs(tiny_dataset, 
     config = json.loads((out / "model" / "config.json").read_text())
     assert config["level"] == "cell" and config["image_size"] == 32
     assert config["cell_margin"] == pytest.approx(0.05)
+    # The oof holds what the exported cell model gives every validation cell (so hpa.ensemble
+    # groups it with cell models), not the bag's pooled image prediction.
     oof = pd.read_csv(out / "oof.csv")
-    assert list(oof.columns[:2]) == ["ID", "fold"] and oof["ID"].is_unique  # one row per image
+    assert list(oof.columns[:3]) == ["ID", "cell", "fold"]
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    data_cfg.pop("synthetic")
+    datamodule = build_datamodule(data_cfg)
+    datamodule.setup("fit")
+    cells = datamodule.val_set.cells()
+    assert oof[["ID", "cell"]].values.tolist() == [
+        list(k) for k in zip(*cells.item_keys().values(), strict=True)
+    ]
+    assert len(oof) > oof["ID"].nunique()  # several cells per image
+    net, _ = load_exported(out / "model")
+    with torch.no_grad():
+        crops = torch.stack([cells[i][0] for i in range(len(cells))])
+        expected = torch.sigmoid(net(crops)).numpy()
+    got = oof[[str(k) for k in range(NUM_CLASSES)]].to_numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-4)
 
     test = generate_dataset(
         SyntheticConfig(n_images=3, seed=8, image_size=64, split="test", workers=1),

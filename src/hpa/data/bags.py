@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from hpa.data.cells import CropSource
+from hpa.data.cells import CellDataset, CropSource
 
 
 class BagDataset(Dataset):
@@ -48,6 +48,11 @@ class BagDataset(Dataset):
     def item_targets(self) -> np.ndarray:
         """N x 19 targets in item order (e.g. for the class-balanced sampler)."""
         return self.targets.numpy()
+
+    def cells(self) -> CellDataset:
+        """Every cell of these images, one crop per item (each inheriting its image's labels):
+        what the exported per-cell model of a bag run scores, e.g. for its out-of-fold file."""
+        return CellDataset(self.cache, self.ids, self.targets.numpy(), self.transform)
 
     def _pick(self, item: int, n: int) -> np.ndarray:
         if n <= self.bag_size:

@@ -201,6 +201,13 @@ def write_plots_and_oof(
     keys = val_set.item_keys()
     if not in_order or len(keys["ID"]) != len(probs):
         return  # e.g. a debug run that validated a few batches only
+    cells = getattr(val_set, "cells", None)
+    if cells is not None:
+        # Bags of cells (model=mil): validation scored images, but the exported model scores
+        # cells, so the oof file holds what it predicts for every validation cell (hpa.ensemble
+        # reads the rows' level from their keys, and must see a cell model).
+        cell_set = cells()
+        probs, keys = predict_dataset(module.net, cell_set), cell_set.item_keys()
     frame = pd.DataFrame(probs.numpy(), columns=[str(i) for i in range(probs.shape[1])])
     frame.insert(0, "fold", int(datamodule.fold))
     for position, (name, values) in enumerate(keys.items()):
@@ -208,6 +215,21 @@ def write_plots_and_oof(
     with atomic_path(out / "oof.csv") as tmp:
         frame.to_csv(tmp, index=False, float_format="%.5f")
     merge_sweep_oof(out, key=list(keys))
+
+
+def predict_dataset(net: torch.nn.Module, dataset: Any, batch_size: int = 64) -> torch.Tensor:
+    """Sigmoid outputs (N x K, CPU) of `net` in eval mode over a dataset of (input, target)."""
+    from torch.utils.data import DataLoader
+
+    device = next(net.parameters()).device
+    was_training = net.training
+    net.eval()
+    outputs = []
+    with torch.no_grad():
+        for inputs, _ in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+            outputs.append(torch.sigmoid(net(inputs.to(device)).float()).cpu())
+    net.train(was_training)
+    return torch.cat(outputs) if outputs else torch.zeros((0, 0))
 
 
 def merge_sweep_oof(out: Path, key: list[str] | None = None) -> None:
