@@ -207,6 +207,7 @@ _TRAIN: dict[str, Rule] = {
     "export": boolean(),
 }
 
+
 def _tta_ok(value: Any) -> bool:
     if isinstance(value, ListConfig):
         value = list(value)
