@@ -21,7 +21,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from hpa.errors import InputError
-from hpa.inference.tta_names import ALIASES, TRANSFORMS, transform_names
+from hpa.tta_names import ALIASES, TRANSFORMS, transform_names
 
 
 @dataclass(frozen=True)

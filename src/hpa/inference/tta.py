@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 
 from hpa.errors import InputError
-from hpa.inference.tta_names import ALIASES, TRANSFORMS, transform_names
+from hpa.tta_names import ALIASES, TRANSFORMS, transform_names
 
 __all__ = ["ALIASES", "DIHEDRAL", "TRANSFORMS", "Augmentation", "augmentations", "transform_names"]
 
-# N x C x H x W: dims 2 (rows) and 3 (columns), in the order of tta_names.TRANSFORMS.
+# N x C x H x W: dims 2 (rows) and 3 (columns), in the order of hpa.tta_names.TRANSFORMS.
 DIHEDRAL: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "none": lambda x: x,
     "hflip": lambda x: x.flip(3),
