@@ -23,6 +23,7 @@ from hpa.models.net import HPANet
 from hpa.predict import main as predict_main
 from hpa.synthetic import SyntheticConfig, generate_dataset
 from hpa.train import train
+from tiny_train import tiny
 from untrained_model import export_untrained, untrained_net
 
 torch.set_num_threads(1)
@@ -170,23 +171,7 @@ def test_puzzle_loss_of_a_padded_cnn_is_positive_and_trains_it():
 
 def test_training_with_puzzle_weight_logs_the_puzzle_loss(tiny_dataset, tmp_path):
     out = tmp_path / "run"
-    cfg = compose(
-        "train",
-        [
-            f"data.root={tiny_dataset}",
-            "data.synthetic=null",
-            "data.image_size=32",
-            "data.batch_size=8",
-            "data.num_workers=0",
-            "data.n_folds=4",
-            "model.backbone=test_resnet",
-            "model.cam.puzzle_weight=0.5",
-            "trainer.accelerator=cpu",
-            "trainer.max_epochs=1",
-            "logger=csv",
-            f"paths.output_dir={out}",
-        ],
-    )
+    cfg = compose("train", tiny(tiny_dataset, out, "model.cam.puzzle_weight=0.5"))
     metrics = train(cfg)
     assert np.isfinite(metrics["val/mAP"])
     logged = pd.read_csv(next(out.glob("csv/**/metrics.csv")))

@@ -21,9 +21,10 @@ from hpa.inference.combine import cell_weights
 from hpa.inference.tta import DIHEDRAL, augmentations, transform_names
 from hpa.inference.weights import read_ensemble_file, resolve_model_weights
 from hpa.labels import NUM_CLASSES
-from hpa.predict import apply_ensemble, main, options_from
+from hpa.predict import apply_ensemble, options_from
 from hpa.segment.base import Segmentation
 from hpa.submission.writer import prediction_string
+from predicting import run_predict as predict_submission
 from untrained_model import export_untrained, untrained_net
 
 torch.set_num_threads(1)
@@ -323,18 +324,8 @@ def testset(tmp_path_factory) -> Path:
 
 
 def run_predict(models: list[Path], testset: Path, out: Path, *extra: str) -> pd.DataFrame:
-    main(
-        [
-            f"models=[{','.join(str(m) for m in models)}]",
-            f"input_dir={testset / 'test'}",
-            f"sample_submission={testset / 'sample_submission.csv'}",
-            f"submission={out}",
-            "progress=false",
-            "segmenter=truth",
-            *extra,
-        ]
-    )
-    return pd.read_csv(out, keep_default_na=False, dtype={"ID": str})
+    """Predicted with the true masks: these tests compare classifications, not segmentations."""
+    return predict_submission(models, testset, out, "segmenter=truth", *extra)
 
 
 def test_predict_with_new_options_end_to_end(testset, tmp_path):

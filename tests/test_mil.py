@@ -25,6 +25,7 @@ from hpa.synthetic import SyntheticConfig, generate_dataset
 from hpa.train import train
 from hpa.training.mil import MILModule, module_class
 from hpa.training.module import HPAModule
+from tiny_train import tiny
 
 torch.set_num_threads(1)
 MEAN, STD = [0.08, 0.05, 0.05, 0.08], [0.15, 0.11, 0.16, 0.15]
@@ -152,25 +153,8 @@ def test_model_mil_and_data_bags_go_together():
 
 def test_tiny_mil_training_exports_a_cell_model_that_predict_runs(tiny_dataset, tmp_path):
     out = tmp_path / "run"
-    cfg = compose(
-        "train",
-        [
-            "model=mil",
-            "data=bags",
-            f"data.root={tiny_dataset}",
-            "data.synthetic=null",
-            "data.image_size=32",
-            "data.cells_per_image=3",
-            "data.batch_size=4",
-            "data.num_workers=0",
-            "data.n_folds=4",
-            "model.backbone=test_resnet",
-            "trainer.accelerator=cpu",
-            "trainer.max_epochs=1",
-            "logger=csv",
-            f"paths.output_dir={out}",
-        ],
-    )
+    bags = ["model=mil", "data=bags", "data.cells_per_image=3"]
+    cfg = compose("train", tiny(tiny_dataset, out, *bags, batch_size=4))
     metrics = train(cfg)
     assert np.isfinite(metrics["val/mAP"])
     config = json.loads((out / "model" / "config.json").read_text())

@@ -22,6 +22,7 @@ from hpa.segment.base import Segmentation
 from hpa.submission.encoding import decode_binary_mask
 from hpa.submission.writer import SubmissionWriter, prediction_string, read_sample_submission
 from hpa.synthetic import SyntheticConfig, generate_dataset
+from predicting import run_predict
 from procs import child_env
 from untrained_model import export_untrained
 
@@ -53,20 +54,6 @@ def testset(tmp_path_factory) -> Path:
     frames = [pd.read_csv(p / "sample_submission.csv", keep_default_na=False) for p in parts]
     pd.concat(frames).to_csv(root / "sample_submission.csv", index=False)
     return root
-
-
-def run_predict(models: list[Path], testset: Path, out: Path, *extra: str) -> pd.DataFrame:
-    main(
-        [
-            f"models=[{','.join(str(m) for m in models)}]",
-            f"input_dir={testset / 'test'}",
-            f"sample_submission={testset / 'sample_submission.csv'}",
-            f"submission={out}",
-            "progress=false",
-            *extra,
-        ]
-    )
-    return pd.read_csv(out, keep_default_na=False, dtype={"ID": str})
 
 
 def parse(submission: pd.DataFrame) -> dict[str, list[tuple[int, float, str]]]:

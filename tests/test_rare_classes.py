@@ -21,6 +21,7 @@ from hpa.models.export import export_model, load_exported
 from hpa.models.factory import GeM, create_backbone
 from hpa.models.losses import BCELoss, FocalLoss, auto_pos_weight, build_loss
 from hpa.models.net import HPANet
+from tiny_train import tiny
 
 torch.set_num_threads(1)
 
@@ -250,19 +251,10 @@ def test_tiny_training_with_every_rare_class_option(tiny_dataset, tmp_path):
     from hpa.train import train
 
     out = tmp_path / "run"
-    overrides = [
-        f"data.root={tiny_dataset}",
-        "data.synthetic=null",
-        "data.image_size=32",
-        "data.batch_size=8",
-        "data.num_workers=0",
-        "data.n_folds=4",
-        "model.backbone=test_resnet",
-        "trainer.accelerator=cpu",
-        "trainer.max_epochs=1",
-        "logger=csv",
+    overrides = tiny(
+        tiny_dataset,
+        out,
         "threads=1",
-        f"paths.output_dir={out}",
         "data.sampler=balanced",
         "data.sampler_cap=5",
         "data.negative_aug.p=0.2",
@@ -270,7 +262,7 @@ def test_tiny_training_with_every_rare_class_option(tiny_dataset, tmp_path):
         "loss.pos_weight_max=8",
         "loss.label_smoothing=0.1",
         "model.global_pool=gem",
-    ]
+    )
     metrics = train(compose("train", overrides))
     assert math.isfinite(metrics["val/mAP"])
     config = json.loads((out / "model" / "config.json").read_text())
