@@ -28,6 +28,7 @@ from hpa.segment.hpacellseg import HPACellSegmenter, hpacellseg_problems
 from hpa.segment.hpacellseg_compat import patch_rescale, scaled_label_cell
 from hpa.segment.matching import iou_matrix, match_instances
 from hpa.synthetic import SyntheticConfig, generate_dataset, render_sample
+from untrained_model import export_untrained
 
 WHEEL = (
     Path(__file__).resolve().parents[2] / "shared" / "wheels" / "hpacellseg-0.1.8-py3-none-any.whl"
@@ -587,30 +588,6 @@ def test_unpadded_input_must_suit_the_networks(segmenter):
 # ---- through hpa.predict ----------------------------------------------------------------------
 
 
-def export_untrained(out: Path, size: int) -> Path:
-    from hpa.labels import CLASS_NAMES, NUM_CLASSES
-    from hpa.models.export import export_model
-    from hpa.models.factory import create_backbone
-    from hpa.models.net import HPANet
-
-    torch.manual_seed(0)
-    net = HPANet(
-        create_backbone("test_resnet", num_classes=NUM_CLASSES, in_chans=4),
-        [0.08, 0.05, 0.05, 0.08],
-        [0.15, 0.11, 0.16, 0.15],
-    )
-    meta = {
-        "backbone": "test_resnet",
-        "num_classes": NUM_CLASSES,
-        "in_chans": 4,
-        "class_names": list(CLASS_NAMES),
-        "image_size": size,
-        "level": "image",
-        "cell_margin": None,
-    }
-    return export_model(net, out, meta)
-
-
 def test_predict_with_hpacellseg_writes_a_valid_submission(segmenter, weights, tmp_path, capsys):
     from hpa.data.images import read_sample
     from hpa.labels import NUM_CLASSES
@@ -623,7 +600,7 @@ def test_predict_with_hpacellseg_writes_a_valid_submission(segmenter, weights, t
         tmp_path / "data",
         progress=False,
     )  # fmt: skip
-    model = export_untrained(tmp_path / "model", 64)
+    model = export_untrained(tmp_path / "model", size=64)
     common = [
         f"models=[{model}]",
         f"input_dir={data / 'test'}",
