@@ -321,21 +321,6 @@ def test_kernels_take_the_accelerator_and_pinning_asked_for(tmp_path, capsys):
     assert l4["machine_shape"] == "NvidiaL4"
 
 
-@pytest.mark.parametrize(
-    ("args", "expected"),
-    [
-        (["--accelerator", "NvidiaTeslaP100"], "cannot run"),
-        (["--accelerator", "GPU T4 x2"], "machine shape"),
-    ],
-)
-def test_an_accelerator_kaggles_torch_cannot_use_is_bad_input(tmp_path, capsys, args, expected):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["kernels", "--out", str(tmp_path / "k"), "--user", "me", *args])
-    assert exit_info.value.code == 2
-    assert expected in capsys.readouterr().err
-    assert not (tmp_path / "k").exists()
-
-
 def test_model_dataset_copies_an_exported_model(tmp_path):
     model = tmp_path / "run" / "model"
     model.mkdir(parents=True)
@@ -735,6 +720,9 @@ def test_kernels_without_the_options_copy_the_notebooks_as_they_are(tmp_path):
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
+        # an accelerator Kaggle's torch cannot use
+        (["--accelerator", "NvidiaTeslaP100"], "cannot run"),
+        (["--accelerator", "GPU T4 x2"], "machine shape"),
         (["--segmenter-weights", "hpacellseg-weights"], "use OWNER/SLUG"),
         (["--predict-option", "combine.method=max"], "--predict-option combine.method=max:"),
     ],
