@@ -209,9 +209,7 @@ _TRAIN: dict[str, Rule] = {
 
 
 def _tta_ok(value: Any) -> bool:
-    if isinstance(value, ListConfig):
-        value = list(value)
-    try:
+    try:  # transform_names takes a ListConfig as it takes a list
         transform_names(value)
     except InputError:
         return False
