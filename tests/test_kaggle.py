@@ -33,6 +33,7 @@ from hpa.kaggle.wheels import (
     project_root,
     wheel_requirements,
 )
+from hpa.outputs import MANIFEST, record
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -236,10 +237,13 @@ def test_bundle_is_flat_with_hpa_wheel_dependencies_and_metadata(tmp_path, capsy
     fetch = FakeIndex({**HYDRA, "pycocotools": ("2.0.11", ["numpy"])})
     out = tmp_path / "bundle"
     (out).mkdir()
-    (out / "hpa-0.0.1-py3-none-any.whl").write_text("stale")  # a previous bundle's wheel goes
+    stale = out / "hpa-0.0.1-py3-none-any.whl"
+    stale.write_text("stale")  # a previous bundle's wheel (its manifest says so) goes
+    record(stale, "hpa.kaggle bundle")
     wheels = make_bundle(out, "me", "hpa-bundle", "hpa offline wheels", fetch=fetch)
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted([w.name for w in wheels] + ["dataset-metadata.json", "hpa_doctor.py"])
+    ours = ["dataset-metadata.json", "hpa_doctor.py", MANIFEST]
+    assert names == sorted([w.name for w in wheels] + ours)
     assert all(p.is_file() for p in out.iterdir())  # Kaggle skips subfolders
     # The standalone doctor the install cell runs when pip fails: it reads this very bundle.
     doctor = subprocess.run(
@@ -328,6 +332,7 @@ def test_model_dataset_copies_an_exported_model(tmp_path):
     (model / "model.safetensors").write_bytes(b"weights")
     out = make_model_dataset(model, tmp_path / "ds", "me", "hpa-model", "hpa model")
     assert sorted(p.name for p in out.iterdir()) == [
+        MANIFEST,  # what this command wrote there: a rerun may replace those, nothing else
         "config.json",
         "dataset-metadata.json",
         "model.safetensors",
@@ -391,7 +396,7 @@ def test_cache_plan_counts_what_a_previous_run_wrote(tiny_dataset, tmp_path, mon
     monkeypatch.setattr(hpa.fsio, "free_bytes", lambda folder: full // 2 + 8192)
     assert cache_plan(overrides).needed <= full // 2
     monkeypatch.setattr(hpa.fsio, "free_bytes", lambda folder: full // 4)
-    with pytest.raises(InputError, match=r"needs \d+ KiB in .* but 40 KiB are free"):
+    with pytest.raises(InputError, match=r"needs [\d.]+ KiB in .* but 40.0 KiB are free"):
         cache_plan(overrides)
 
 

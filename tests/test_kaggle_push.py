@@ -22,6 +22,7 @@ from hpa.kaggle import bundle as bundle_module
 from hpa.kaggle import push as push_module
 from hpa.kaggle.__main__ import main
 from hpa.kaggle.metadata import COMPETITION, PLACEHOLDER_USER, default_user
+from hpa.outputs import MANIFEST
 
 FAKE_KAGGLE = r'''#!{python}
 """A stand-in for the kaggle CLI: logs each call, answers like the real one."""
@@ -196,7 +197,12 @@ def test_first_push_creates_the_data_sets_and_pushes_the_notebook(tmp_path, kagg
         f.split("-")[0] for f in bundle["files"] if f.endswith(".whl")
     }
     for call, slug in ((model_a, "hpa-model"), (model_b, "hpa-model-2")):
-        assert call["files"] == ["config.json", "dataset-metadata.json", "model.safetensors"]
+        assert call["files"] == [
+            MANIFEST,
+            "config.json",
+            "dataset-metadata.json",
+            "model.safetensors",
+        ]
         assert call["metadata"]["id"] == f"me/{slug}"
     assert (dist / "hpa-model-2" / "model.safetensors").read_bytes() == b"other"
 
@@ -410,7 +416,7 @@ def test_output_refuses_a_folder_of_other_files(tmp_path, kaggle, capsys):
     (tmp_path / "mine" / "notes.txt").write_text("mine")
     with pytest.raises(SystemExit) as info:
         main(["output", "--out", str(tmp_path / "mine")])
-    assert info.value.code == 2 and "holds other files" in one_error_line(capsys)
+    assert info.value.code == 2 and "did not write (notes.txt)" in one_error_line(capsys)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"
 
 

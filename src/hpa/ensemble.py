@@ -18,14 +18,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from hpa.cli import check_writable, compose, setup_logging
+from hpa.cli import compose, setup_logging
 from hpa.errors import InputError, exit_on_input_error
 from hpa.fsio import write_text
 from hpa.inference.combine import METHODS, combine
+from hpa.inputs import read_table
 from hpa.labels import NUM_CLASSES
+from hpa.outputs import output
 
 log = logging.getLogger("hpa.ensemble")
 CLASS_COLUMNS = [str(i) for i in range(NUM_CLASSES)]
@@ -64,10 +66,7 @@ def oof_path(item: str | Path) -> Path:
 
 def read_oof(path: Path) -> pd.DataFrame:
     """An oof.csv: ID[, cell], fold, 0..18, keyed (and sorted) by ID and cell."""
-    try:
-        frame = pd.read_csv(path, dtype={"ID": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise InputError(f"{path} is not a readable CSV ({err}); expected ID,fold,0..18") from None
+    frame = read_table(path, str(path), "ID,fold,0..18", keep_default_na=True)
     missing = [c for c in ["ID", *CLASS_COLUMNS] if c not in frame.columns]
     if missing:
         raise InputError(f"{path} lacks column(s) {missing}; expected ID[,cell],fold,0..18")
@@ -392,15 +391,17 @@ def write_ensemble_file(out: Path, content: dict[str, Any], header: str, merge: 
 
 def run(cfg: DictConfig, argv: Sequence[str]) -> Path:
     out = Path(cfg.out)
-    check_writable(out, "out")
-    if cfg.mode == "weights":
-        content = search_ensemble(cfg)
-    elif cfg.mode == "area":
-        content = tune_area(cfg)
-    else:
-        raise InputError(f"mode={cfg.mode!r}: use weights or area")
-    header = "python -m hpa.ensemble " + " ".join(argv)
-    write_ensemble_file(out, content, header, merge=cfg.mode == "area")
+    oofs = list(cfg.oof) if OmegaConf.is_list(cfg.get("oof")) else [cfg.get("oof")]
+    inputs = [*oofs, cfg.get("submission"), cfg.get("truth_dir")]
+    with output(out, "out", "hpa.ensemble", inputs=inputs):
+        if cfg.mode == "weights":
+            content = search_ensemble(cfg)
+        elif cfg.mode == "area":
+            content = tune_area(cfg)
+        else:
+            raise InputError(f"mode={cfg.mode!r}: use weights or area")
+        header = "python -m hpa.ensemble " + " ".join(argv)
+        write_ensemble_file(out, content, header, merge=cfg.mode == "area")
     print(yaml.safe_dump({k: v for k, v in content.items() if "scores" not in k}, sort_keys=False))
     print(f"wrote {out}")
     return out

@@ -55,14 +55,24 @@ def quiet_broken_pipe() -> None:
     sys.exit(128 + 13)
 
 
+# What SIGTERM says outside a command's own stopping point: every file hpa writes is written
+# whole (hpa.fsio) or resumed (caches, predictions, checkpoints), so the rerun goes on.
+STOPPED_HINT = "what was written is whole; run the same command again to go on"
+
+
 def exit_on_input_error(fn: Callable[..., T]) -> Callable[..., T]:
     """Wrap an entry point: an `InputError`, or a disk that filled up, prints `error: ...` and
-    exits with status 2; a closed stdout pipe exits quietly (quiet_broken_pipe)."""
+    exits with status 2; a closed stdout pipe exits quietly (quiet_broken_pipe); SIGTERM, from
+    the first line to the last, ends in one line and exit 143 (hpa.signals.graceful_sigterm;
+    a command's own phases name their own way to resume inside it)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from hpa.signals import graceful_sigterm
+
         try:
-            return fn(*args, **kwargs)
+            with graceful_sigterm(STOPPED_HINT):
+                return fn(*args, **kwargs)
         except InputError as err:
             _end_progress_bars()
             print(f"error: {one_line(err)}", file=sys.stderr)
@@ -70,6 +80,15 @@ def exit_on_input_error(fn: Callable[..., T]) -> Callable[..., T]:
         except BrokenPipeError:
             quiet_broken_pipe()
         except OSError as err:
+            if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and err.filename:
+                # A read-only mount (Kaggle's /kaggle/input) or a folder of someone else's.
+                _end_progress_bars()
+                print(
+                    f"error: cannot write or read {err.filename} ({err.strerror}); point the "
+                    "command at a location you may write (for caches: data.cache_dir=DIR)",
+                    file=sys.stderr,
+                )
+                sys.exit(2)
             if err.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
                 raise
             _end_progress_bars()

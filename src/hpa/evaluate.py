@@ -8,9 +8,10 @@ from typing import Any
 
 from tqdm import tqdm
 
-from hpa.cli import check_writable, compose
+from hpa.cli import compose
 from hpa.errors import InputError, exit_on_input_error
 from hpa.fsio import write_json
+from hpa.outputs import output
 from hpa.signals import graceful_sigterm
 from hpa.submission.metric import MeanAveragePrecision
 from hpa.submission.predictions import decode_masks, parse_prediction_string, read_submission
@@ -82,8 +83,15 @@ def main(argv: list[str] | None = None) -> None:
                 f"{key} is not set; run `python -m hpa.evaluate submission=FILE truth_dir=DIR`"
             )
     out = Path(cfg.metrics) if cfg.metrics else Path(cfg.submission).with_name("metrics.json")
-    check_writable(out, "metrics")
-    with graceful_sigterm(f"{out} is unchanged; run the same command again"):
+    # Beside the submission, metrics.json may be a training run's own: hpa.outputs refuses it.
+    claim = output(
+        out,
+        "metrics",
+        "hpa.evaluate",
+        inputs=[cfg.submission, cfg.truth_dir],
+        named_by_user=bool(cfg.metrics),
+    )
+    with claim, graceful_sigterm(f"{out} is unchanged; run the same command again"):
         result = evaluate(
             cfg.submission, cfg.truth_dir, float(cfg.iou_threshold), bool(cfg.progress)
         )

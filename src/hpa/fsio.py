@@ -27,8 +27,15 @@ class DiskFullError(InputError):
     """The disk filled up while writing; the previous good file (if any) is untouched."""
 
 
-def _mb(n: float) -> str:
-    return f"{n / 2**20:.1f} MB"
+def size_text(n: float) -> str:
+    """A byte count as people read it, never "0.0 GiB" for a few megabytes."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{int(n)} bytes"
+
+
+_mb = size_text
 
 
 def free_bytes(folder: str | Path) -> int | None:
@@ -101,11 +108,62 @@ def _fsync_file(path: Path) -> None:
             os.close(fd)
 
 
-def write_bytes(path: str | Path, data: bytes) -> Path:
+def write_bytes(path: str | Path, data: bytes, checksum: bool = False) -> Path:
+    """`data` into `path` atomically; `checksum`: its sha256 beside it (verify_checksum)."""
     path = Path(path)
     with atomic_path(path, needed=len(data)) as tmp:
         tmp.write_bytes(data)
+    if checksum:
+        import hashlib
+
+        write_checksum(path, hashlib.sha256(data).hexdigest())
     return path
+
+
+# --- checksums: a file's bytes as written, checked before it is used ---------------------------
+
+CHECKSUM_SUFFIX = ".sha256"
+
+
+def checksum_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
+def file_checksum(path: str | Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_checksum(path: str | Path, digest: str | None = None) -> str:
+    """Write `path`'s sha256 beside it (`<name>.sha256`, sha256sum's format); return it."""
+    path = Path(path)
+    digest = digest or file_checksum(path)
+    write_bytes(checksum_path(path), f"{digest}  {path.name}\n".encode())
+    return digest
+
+
+def verify_checksum(path: str | Path, option: str) -> str | None:
+    """InputError when `path`'s bytes differ from the checksum written with it (a file damaged
+    on disk or in a copy); its digest when they agree; None when it has no checksum (a file from
+    before checksums, or one copied without it)."""
+    path = Path(path)
+    sidecar = checksum_path(path)
+    if not sidecar.is_file():
+        return None
+    expected = sidecar.read_text(encoding="utf-8", errors="replace")[:200].split()[:1]
+    actual = file_checksum(path)
+    if expected != [actual]:
+        raise InputError(
+            f"{option}={path} is damaged: its bytes do not match {sidecar.name} (written with "
+            "it); use an intact copy, or delete both files and write it anew"
+        )
+    return actual
 
 
 def write_text(path: str | Path, text: str) -> Path:
@@ -143,7 +201,12 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 
 
 __all__ = [
+    "CHECKSUM_SUFFIX",
     "DiskFullError",
+    "checksum_path",
+    "file_checksum",
+    "verify_checksum",
+    "write_checksum",
     "atomic_dir",
     "atomic_path",
     "disk_full_as_error",

@@ -12,12 +12,14 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from hpa.cli import check_writable, compose, setup_logging
+from hpa.cli import compose, setup_logging
 from hpa.errors import InputError, exit_on_input_error
+from hpa.outputs import check_output, lock
 from hpa.signals import graceful_sigterm
 
 log = logging.getLogger("hpa.predict")
 REQUIRED = ("models", "input_dir", "sample_submission")
+COMMAND = "hpa.predict"
 RESUME_HINT = "the rows written so far are kept; run the same command to resume"
 
 
@@ -39,6 +41,7 @@ def predict(cfg: DictConfig, explicit: set[str] | None = None) -> Path:
     from hpa.inference.classifiers import load_classifiers
     from hpa.inference.predictor import PredictOptions, Predictor
     from hpa.inference.weights import resolve_model_weights
+    from hpa.models.export import model_checksums
     from hpa.segment.factory import build_segmenter
     from hpa.submission.writer import SubmissionWriter, prediction_string, read_sample_submission
 
@@ -46,7 +49,7 @@ def predict(cfg: DictConfig, explicit: set[str] | None = None) -> Path:
     # CPU, before any model is loaded; not at the first kernel launch.
     device = choose_device(cfg.device)
     rows = read_sample_submission(cfg.sample_submission)
-    models = [str(m) for m in (cfg.models if OmegaConf.is_list(cfg.models) else [cfg.models])]
+    models = models_of(cfg)
     weights = resolve_model_weights(container(cfg.model_weights), models)
     used = [(m, w) for m, w in zip(models, weights, strict=True) if w > 0]  # weight 0: not run
     classifiers = load_classifiers([m for m, _ in used], device)
@@ -68,6 +71,9 @@ def predict(cfg: DictConfig, explicit: set[str] | None = None) -> Path:
     fingerprint = OmegaConf.to_container(cfg, resolve=True)
     for key in ("progress", "resume", "submission"):
         fingerprint.pop(key, None)
+    # What the models are, not only where: a model folder exported anew since the partial rows
+    # were written must not be resumed with them.
+    fingerprint["model_checksums"] = [model_checksums(m) for m in models]
     writer = SubmissionWriter(cfg.submission, rows["ID"].tolist(), fingerprint, resume=cfg.resume)
     if writer.done:
         log.info("predict: resuming after %d rows already in %s", writer.done, writer.partial)
@@ -83,7 +89,7 @@ def predict(cfg: DictConfig, explicit: set[str] | None = None) -> Path:
         disable=not cfg.progress,
     )
     for row in bar:
-        image = read_sample(cfg.input_dir, row.ID)
+        image = read_sample(cfg.input_dir, row.ID)  # row.ID checked as a name, not a path
         if image.shape[:2] != (row.ImageHeight, row.ImageWidth):
             raise InputError(
                 f"image {row.ID} in {cfg.input_dir} is {image.shape[1]}x{image.shape[0]} px but "
@@ -112,7 +118,16 @@ def check_required(cfg: DictConfig) -> None:
         raise InputError(
             f"input_dir={cfg.input_dir} is not a folder of {{ID}}_{{red,green,blue,yellow}} images"
         )
-    check_writable(cfg.submission, "submission")
+    check_output(
+        cfg.submission,
+        "submission",
+        COMMAND,
+        inputs=[cfg.sample_submission, cfg.input_dir, *models_of(cfg), cfg.get("ensemble")],
+    )
+
+
+def models_of(cfg: DictConfig) -> list[str]:
+    return [str(m) for m in (cfg.models if OmegaConf.is_list(cfg.models) else [cfg.models])]
 
 
 def find_auto_inputs(cfg: DictConfig) -> None:
@@ -209,7 +224,8 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     cfg = compose("predict", argv)
     try:
-        with graceful_sigterm(RESUME_HINT):
+        # One writer per submission: a second predict into it stops at once, naming this one.
+        with lock(cfg.submission, "submission"), graceful_sigterm(RESUME_HINT):
             predict(cfg, explicit=override_keys(argv))
     except KeyboardInterrupt:
         print(f"interrupted: {RESUME_HINT}", file=sys.stderr)

@@ -33,7 +33,7 @@ from hpa.data.arraycache import BAD, DONE, TODO, ArrayCache, CacheError, Diff, w
 from hpa.data.cache import cache_dir, image_manifest, scan_sources
 from hpa.data.images import CHANNELS, channel_path, read_channel, read_sample
 from hpa.errors import InputError, exit_on_input_error
-from hpa.fsio import atomic_path, disk_full_as_error
+from hpa.fsio import atomic_path, disk_full_as_error, size_text
 from hpa.signals import die_with_parent, graceful_sigterm
 from hpa.threads import available_cpus, configure_threads
 
@@ -158,8 +158,8 @@ def _check_space(cache: ArrayCache, rows: int) -> None:
     need, free = rows * cache.row_bytes, shutil.disk_usage(cache.folder).free
     if need > free:
         raise InputError(
-            f"the cache needs {need / 2**30:.1f} GiB more in {cache.folder} but only "
-            f"{free / 2**30:.1f} GiB are free; free some space or use a smaller data.image_size"
+            f"the cache needs {size_text(need)} more in {cache.folder} but only "
+            f"{size_text(free)} are free; free some space or use a smaller data.image_size"
         )
 
 

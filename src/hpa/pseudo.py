@@ -31,12 +31,14 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from hpa.cli import check_writable, compose
+from hpa.cli import compose
 from hpa.data.cells import CellTargets, read_cell_targets
 from hpa.data.records import read_records, targets
 from hpa.errors import InputError, exit_on_input_error
 from hpa.fsio import atomic_path
+from hpa.inputs import read_table
 from hpa.labels import NEGATIVE, NUM_CLASSES
+from hpa.outputs import output
 
 COLUMNS = [str(c) for c in range(NUM_CLASSES)]
 
@@ -44,12 +46,9 @@ COLUMNS = [str(c) for c in range(NUM_CLASSES)]
 def read_oof(path: str | Path) -> pd.DataFrame:
     """A per-cell oof.csv (ID, cell, [fold,] 0..18) of a cell-level run or multirun."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():  # a FIFO or folder: named by read_table
         raise InputError(f"oof={path} does not exist; give the oof.csv of a data=cells run")
-    try:
-        frame = pd.read_csv(path, dtype={"ID": str})
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as err:
-        raise InputError(f"oof={path} is not a readable CSV ({err})") from None
+    frame = read_table(path, f"oof={path}", "ID, cell and 0..18", keep_default_na=True)
     needed = {"ID", "cell", *COLUMNS}
     if not needed <= set(frame.columns):
         raise InputError(
@@ -142,13 +141,13 @@ def main(argv: list[str] | None = None) -> None:
                 f"{key} is not set; run `python -m hpa.pseudo oof=FILE data.root=DIR out=FILE`"
             )
     out = Path(cfg.out)
-    check_writable(out, "out")
-    images = image_target_table(cfg.data.root, cfg.data.train_csv)
-    oof = read_oof(cfg.oof)
-    result = pseudo_targets(oof, images, alpha=float(cfg.alpha), floor=float(cfg.floor))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        result.to_csv(tmp, index=False, float_format="%.5f")
+    inputs = [cfg.oof, Path(cfg.data.root) / cfg.data.train_csv, cfg.get("truth")]
+    with output(out, "out", "hpa.pseudo", inputs=inputs):
+        images = image_target_table(cfg.data.root, cfg.data.train_csv)
+        oof = read_oof(cfg.oof)
+        result = pseudo_targets(oof, images, alpha=float(cfg.alpha), floor=float(cfg.floor))
+        with atomic_path(out) as tmp:
+            result.to_csv(tmp, index=False, float_format="%.5f")
     if cfg.truth:
         truth = read_cell_targets(cfg.truth, option="truth")
         print(report(label_noise(result, images, truth)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -14,6 +15,9 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from hpa.errors import InputError, exit_on_input_error
+from hpa.fsio import verify_checksum
+from hpa.inputs import check_regular_file
+from hpa.outputs import claim_names, lock
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +42,9 @@ def sqlite_url(path: str) -> str:
 
 
 OmegaConf.register_new_resolver("hpa_sqlite", sqlite_url, replace=True)
+# The default run folder's name ends in the process id: two runs started in the same second
+# get two folders.
+OmegaConf.register_new_resolver("hpa_pid", lambda: str(os.getpid()), replace=True, use_cache=True)
 
 
 class Stopped(Exception):
@@ -70,6 +77,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from hpa.training.mil import module_class
 
     check_config(cfg, "train")
+    if not is_secondary_rank():  # what a run writes is hpa.train's: hpa.evaluate & co. keep off
+        claim_names(cfg.paths.output_dir, RUN_FILES, "hpa.train")
     configure_training_threads(cfg)  # torch threads = free cores - loader workers (or threads=N)
     pl.seed_everything(cfg.seed, workers=True)
     ckpt_path = check_ckpt(cfg.ckpt_path)
@@ -94,6 +103,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     resumed = checkpoint_summary(ckpt_path) if ckpt_path else None  # read once, used twice
     if resumed:
         check_ckpt_matches(ckpt_path, resumed, module)
+        check_resume_epochs(ckpt_path, resumed, cfg.trainer.get("max_epochs"))
     predictions = ValidationPredictions()  # the final validation's, for oof.csv and plots
     seen = SamplesSeen()  # training samples of this fit, for metrics.json's timing
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
@@ -168,6 +178,8 @@ def check_ckpt(ckpt_path: str | None) -> str | None:
         raise InputError(
             f"ckpt_path={ckpt_path} does not exist; point it at a .ckpt from checkpoints/"
         )
+    check_regular_file(ckpt_path, "ckpt_path")
+    verify_checksum(ckpt_path, "ckpt_path")  # bytes damaged since it was written: one line
     try:
         checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for truncated or foreign files
@@ -182,7 +194,18 @@ def check_ckpt(ckpt_path: str | None) -> str | None:
 
 def check_ckpt_matches(ckpt_path: str, saved: dict[str, Any], module) -> None:
     """The model being resumed must be the one in the checkpoint (`saved`, its
-    `checkpoint_summary`): same weights, same shapes."""
+    `checkpoint_summary`): same image size, classes and level, same weights, same shapes."""
+    kept = saved["hyper_parameters"]
+    for key in ("image_size", "class_names", "level"):
+        old, new = kept.get(key), module.hparams.get(key)
+        if old is not None and new is not None and _plain(old) != _plain(new):
+            shown = f"{len(new)} classes" if key == "class_names" else f"{new!r}"
+            was = f"{len(old)} classes" if key == "class_names" else f"{old!r}"
+            raise InputError(
+                f"ckpt_path={ckpt_path} was trained with {key} {was}, this run has {shown}; "
+                "the model depends on it. Resume with the run's own settings (its "
+                ".hydra/overrides.yaml), or start without ckpt_path"
+            )
     ours = module.state_dict()
     theirs = saved["state_dict"]
     missing = [k for k in ours if k not in theirs]
@@ -208,6 +231,19 @@ def check_ckpt_matches(ckpt_path: str, saved: dict[str, Any], module) -> None:
         f"ckpt_path={ckpt_path} holds a different model: {what}. Resume with the run's own "
         "model settings (its .hydra/overrides.yaml), or start without ckpt_path"
     )
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def check_resume_epochs(ckpt_path: str, saved: dict[str, Any], max_epochs: int | None) -> None:
+    """A checkpoint saved at or past trainer.max_epochs has nothing left to train."""
+    if max_epochs is not None and max_epochs >= 0 and saved["epoch"] >= max_epochs:
+        raise InputError(
+            f"ckpt_path={ckpt_path} was saved after epoch {saved['epoch'] + 1} of training, "
+            f"past trainer.max_epochs={max_epochs}; raise trainer.max_epochs to train on"
+        )
 
 
 # Set once Hydra hands over a composed config: an exit before that is Hydra rejecting the
@@ -296,37 +332,84 @@ def _arg(argv: list[str], key: str) -> str | None:
     return values[-1] if values else None
 
 
-def guard_run_folder(argv: list[str]) -> list[str]:
-    """A new run into a folder that holds a run refuses, unless `overwrite=true` (the old files
-    move aside into `previous-<time>/`). A resume keeps the run's first `.hydra/` config."""
+def run_folder(argv: list[str]) -> Path | None:
+    """The folder this command writes its run (or, in a multirun, its jobs) into, as Hydra will
+    name it; None for the default time-stamped folder (new and unique: it holds the PID)."""
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    ckpt = _arg(argv, "ckpt_path")
+    if not multirun and ckpt not in (None, "null", "") and "${" not in ckpt:
+        return Path(run_dir_for(ckpt, ""))
+    folder = _arg(argv, "hydra.sweep.dir" if multirun else "hydra.run.dir")
+    return None if folder is None or "${" in folder else Path(folder)
+
+
+def runs_in(folder: Path, multirun: bool) -> dict[Path, list[str]]:
+    """Each run `folder` holds (in a multirun: its job folders) and what it holds of one."""
+    candidates = [folder]
+    if multirun and folder.is_dir():
+        candidates += sorted(p for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
+    return {p: found for p in candidates if (found := holds_run(p))}
+
+
+def move_aside(folder: Path) -> Path:
+    """overwrite=true: an earlier run's files move into `folder/previous-<time>/` (never
+    deleted); only the names a run writes move, the user's own files stay where they are."""
     import time
 
-    overwrite = (_arg(argv, "overwrite") or "false").lower() in ("true", "1", "yes")
-    argv = [a for a in argv if not a.startswith("overwrite=")]
-    run_dir = _arg(argv, "hydra.run.dir")
-    if _arg(argv, "ckpt_path") not in (None, "null", ""):
-        if _arg(argv, "hydra.output_subdir") is None:
-            argv.append(f"hydra.output_subdir=.hydra/resumed-{time.strftime('%Y%m%d-%H%M%S')}")
-        return argv
-    if run_dir is None or any(a in ("-m", "--multirun") for a in argv):
-        return argv  # a fresh time-stamped folder, or one per job
-    folder = Path(run_dir)
-    found = holds_run(folder)
-    if not found:
-        return argv
-    if not overwrite:
-        raise InputError(
-            f"paths.output_dir={run_dir} already holds a run ({', '.join(found)}); nothing was "
-            f"changed. Resume it with ckpt_path={folder / 'checkpoints' / 'last.ckpt'}, choose "
-            "another folder, or add overwrite=true (the old run moves to previous-<time>/ there)"
-        )
-    aside = folder / f"previous-{time.strftime('%Y%m%d-%H%M%S')}"
+    aside = folder / f"previous-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     aside.mkdir()
     for name in RUN_FILES:
         if (folder / name).exists():
             (folder / name).rename(aside / name)
-    print(f"overwrite=true: the earlier run in {folder} moved to {aside}", file=sys.stderr)
+    return aside
+
+
+def guard_run_folder(argv: list[str]) -> list[str]:
+    """A new run (or sweep) into a folder that holds a run refuses, unless `overwrite=true`
+    (the old files move aside into `previous-<time>/`). A resume keeps the run's first
+    `.hydra/` config. The folder checked is the one written: paths.output_dir (hydra.run.dir),
+    a sweep's job folders, a resumed checkpoint's run."""
+    import time
+
+    overwrite = (_arg(argv, "overwrite") or "false").lower() in ("true", "1", "yes")
+    argv = [a for a in argv if not a.startswith("overwrite=")]
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    if _arg(argv, "ckpt_path") not in (None, "null", "") and not multirun:
+        if _arg(argv, "hydra.output_subdir") is None:
+            argv.append(f"hydra.output_subdir=.hydra/resumed-{time.strftime('%Y%m%d-%H%M%S')}")
+        return argv
+    folder = run_folder(argv)
+    if folder is None:
+        return argv  # a fresh time-stamped folder
+    found = runs_in(folder, multirun)
+    if not found:
+        return argv
+    if not overwrite:
+        where, what = next(iter(found.items()))
+        option = "hydra.sweep.dir" if multirun else "paths.output_dir"
+        resume = (
+            f"Resume it with ckpt_path={where / 'checkpoints' / 'last.ckpt'}, choose"
+            if not multirun
+            else "Choose"
+        )
+        raise InputError(
+            f"{option}={folder} already holds a run ({where}: {', '.join(what)}); nothing was "
+            f"changed. {resume} another folder, or add overwrite=true (the old run moves to "
+            "previous-<time>/ there)"
+        )
+    for where in found:
+        aside = move_aside(where)
+        print(f"overwrite=true: the earlier run in {where} moved to {aside}", file=sys.stderr)
     return argv
+
+
+def is_secondary_rank() -> bool:
+    """A DDP process other than the first (Lightning, torchrun and SLURM name it in the
+    environment): the first one holds the run folder's lock for all of them."""
+    return any(
+        os.environ.get(name, "0") not in ("", "0")
+        for name in ("LOCAL_RANK", "RANK", "NODE_RANK", "GROUP_RANK")
+    )
 
 
 # Hydra's own files and logs need a little room before training writes anything.
@@ -370,34 +453,62 @@ def main() -> None:
     # The contract's `paths.output_dir=DIR` sets Hydra's run folder (in a multirun, the sweep folder).
     argv = sys.argv[1:]
     multirun = any(a in ("-m", "--multirun") for a in argv)
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     for i, arg in enumerate(argv):
         if arg.startswith("paths.output_dir="):
-            key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-            if not any(a.startswith(key + "=") for a in argv):
-                argv[i] = f"{key}={arg.split('=', 1)[1]}"
+            given, other = arg.split("=", 1)[1], _arg(argv, key)
+            if other is not None and other != given:  # one folder guarded, another written
+                print(
+                    f"error: paths.output_dir={given} and {key}={other} name two folders; "
+                    "give one of them",
+                    file=sys.stderr,
+                )
+                sys.exit(2)
+            argv[i] = f"{key}={given}"
     # The contract's `hydra/sweeper=optuna` maximises (the plugin's default is to minimise).
     if "hydra/sweeper=optuna" in argv and _arg(argv, "hydra.sweeper.direction") is None:
         argv.insert(argv.index("hydra/sweeper=optuna") + 1, "hydra.sweeper.direction=maximize")
-    if not any(a in ("-h", "--help", "--cfg", "-c", "--info", "-i") for a in argv):
-        try:
-            argv = guard_run_folder(argv)
+    with contextlib.ExitStack() as held:
+        if not any(a in ("-h", "--help", "--cfg", "-c", "--info", "-i") for a in argv):
             check_output_location(argv)
-        except InputError as err:
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
-    # A full disk mid-run must not turn every log line into a "Logging error" traceback: the
-    # write that matters (a checkpoint, metrics) reports it, in one line.
-    logging.raiseExceptions = False
-    sys.argv[1:] = argv
-    try:
-        _hydra_main()
-    except SystemExit as done:
-        if done.code == 1 and not _composed:
-            hint = "`python -m hpa.train --help` lists the config groups and their options"
-            what = _unparsable(argv) or _missing_extra(argv) or "bad override or config (see above)"
-            print(f"error: {what}; {hint}", file=sys.stderr)
-            sys.exit(2)
-        raise
+            precompose(argv)  # a bad key or value: one line, before Hydra prints its block
+            folder = run_folder(argv)
+            if folder is not None and not is_secondary_rank():
+                # One training per folder, taken before Hydra writes its config there.
+                option = "hydra.sweep.dir" if multirun else "paths.output_dir"
+                held.enter_context(lock(folder, option))
+            argv = guard_run_folder(argv)
+        # A full disk mid-run must not turn every log line into a "Logging error" traceback:
+        # the write that matters (a checkpoint, metrics) reports it, in one line.
+        logging.raiseExceptions = False
+        sys.argv[1:] = argv
+        try:
+            _hydra_main()
+        except SystemExit as done:
+            if done.code == 1 and not _composed:
+                hint = "`python -m hpa.train --help` lists the config groups and their options"
+                what = (
+                    _unparsable(argv)
+                    or _missing_extra(argv)
+                    or "bad override or config (see above)"
+                )
+                print(f"error: {what}; {hint}", file=sys.stderr)
+                sys.exit(2)
+            raise
+
+
+def precompose(argv: list[str]) -> None:
+    """Compose train's config as Hydra will (the same overrides, hydra's own left out) and check
+    it, so that a mistyped key or a bad value is one line (hpa.cli.compose). Sweeps (-m) and
+    sweep plugins are left to Hydra, which reports those itself."""
+    from hpa.cli import compose
+
+    if any(a in ("-m", "--multirun") for a in argv) or _missing_extra(argv):
+        return
+    overrides = [
+        a for a in argv if not a.startswith(("hydra.", "hydra/", "+hydra", "-")) and "=" in a
+    ]
+    compose("train", overrides, check=False)
 
 
 if __name__ == "__main__":

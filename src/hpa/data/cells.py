@@ -98,15 +98,15 @@ def read_cell_targets(path: str | Path, option: str = "data.cell_targets") -> Ce
     "not annotated" and the cell is left out)."""
     import pandas as pd
 
+    from hpa.inputs import read_table
     from hpa.labels import NUM_CLASSES, parse_labels, to_multi_hot
 
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{option}={path} does not exist; give a per-cell targets CSV")
-    try:
-        frame = pd.read_csv(path, dtype={"ID": str, "Label": str}, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as err:
-        raise InputError(f"{option}={path} is not a readable CSV ({err})") from None
+    frame = read_table(
+        path, f"{option}={path}", "ID, cell and Label or 0..18", dtype={"ID": str, "Label": str}
+    )
     columns = [str(c) for c in range(NUM_CLASSES)]
     key = "cell" if "cell" in frame.columns else "cell_id" if "cell_id" in frame.columns else None
     has_values = set(columns) <= set(frame.columns)

@@ -9,6 +9,7 @@ import numpy as np
 
 from hpa.errors import InputError
 from hpa.fsio import write_bytes
+from hpa.inputs import check_id, check_regular_file
 
 # Channel order everywhere in hpa: red (microtubules), green (protein), blue (nucleus), yellow (ER).
 CHANNELS: tuple[str, ...] = ("red", "green", "blue", "yellow")
@@ -20,6 +21,7 @@ cv2.setNumThreads(1)  # DataLoader workers parallelise; OpenCV's own pool would 
 def channel_path(image_dir: str | Path, sample_id: str, channel: str) -> Path:
     """The file of one channel, whichever supported extension it has."""
     image_dir = Path(image_dir)
+    check_id(sample_id, f"sample in {image_dir}")  # a name, never a path out of image_dir
     for ext in EXTENSIONS:
         path = image_dir / f"{sample_id}_{channel}{ext}"
         if path.exists():
@@ -46,6 +48,7 @@ def read_channel(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.exists():
         raise InputError(f"missing image {path}")
+    check_regular_file(path, "image")  # a FIFO would block imread forever
     image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if image is None or image.size == 0:
         raise InputError(

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from hpa.errors import InputError
+from hpa.inputs import read_table
 from hpa.labels import NUM_CLASSES, parse_labels, to_multi_hot
 
 
@@ -18,12 +19,7 @@ def read_records(csv_path: str | Path) -> pd.DataFrame:
         raise InputError(
             f"missing {csv_path}; point data.root at a folder with train.csv (ID,Label)"
         )
-    try:
-        frame = pd.read_csv(csv_path, dtype={"ID": str, "Label": str}, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as err:
-        raise InputError(
-            f"{csv_path} is not a readable CSV ({err}); expected columns ID,Label"
-        ) from None
+    frame = read_table(csv_path, str(csv_path), "columns ID,Label", dtype={"ID": str, "Label": str})
     missing = {"ID", "Label"} - set(frame.columns)
     if missing:
         raise InputError(

@@ -17,6 +17,7 @@ from hpa.errors import InputError
 from hpa.external.labels import LabelMapper, translate_2018
 from hpa.external.store import StoreOptions, decode_resized, has_format, link_into_place
 from hpa.fsio import write_bytes
+from hpa.inputs import read_table
 
 
 @dataclass
@@ -35,12 +36,7 @@ class ConvertReport:
 def read_2018_table(csv: Path) -> pd.DataFrame:
     if not csv.is_file():
         raise InputError(f"missing {csv}; pass csv= the 2018 train.csv (columns Id,Target)")
-    try:
-        frame = pd.read_csv(csv, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise InputError(
-            f"{csv} is not a readable CSV ({err}); expected columns Id,Target"
-        ) from None
+    frame = read_table(csv, str(csv), "columns Id,Target", id_column="Id", dtype=str)
     if not {"Id", "Target"} <= set(frame.columns):
         raise InputError(f"{csv} has columns {list(frame.columns)}; the 2018 layout is Id,Target")
     return frame

@@ -12,6 +12,7 @@ import pandas as pd
 
 from hpa.errors import InputError
 from hpa.external.labels import LabelMapper, translate_names
+from hpa.inputs import id_problem
 
 # Column names tried, in order, when the config leaves a column at null (case-insensitive).
 CANDIDATES: dict[str, tuple[str, ...]] = {
@@ -105,6 +106,8 @@ def read_listing(
         cellline = row[cols["cellline"]] if cols["cellline"] else ""
         if sid is None:
             dropped["not an http(s) URL"] += 1
+        elif id_problem(sid):  # an ID becomes a file name: never a path
+            dropped["ID is not a plain file name"] += 1
         elif sid in seen:
             dropped["duplicate row"] += 1
         elif skip_in_trainset and str(row.get("in_trainset", "")).strip().lower() == "true":

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from hpa import doctor_standalone
 from hpa.errors import InputError
-from hpa.fsio import atomic_dir, write_json, write_text
+from hpa.fsio import checksum_path, write_json, write_text
 from hpa.kaggle.image import kaggle_image
 from hpa.kaggle.metadata import (
     DEFAULT_ACCELERATOR,
@@ -33,12 +33,12 @@ from hpa.kaggle.wheels import (
     project_root,
     wheel_requirements,
 )
+from hpa.outputs import replace_folder
 
 DATASET_METADATA = "dataset-metadata.json"
 KERNEL_METADATA = "kernel-metadata.json"
 # What a folder this module wrote may hold; anything else means --out points at the user's files.
 STANDALONE_DOCTOR = "hpa_doctor.py"  # hpa.doctor_standalone, for the notebooks' install cell
-OURS = ("*.whl", "*.ipynb", "*.json", "*.safetensors", STANDALONE_DOCTOR, NO_DEPS_LIST)
 NO_DEPS_OPTIONS = "--with-hpacellseg/--with-wheel"
 # The data set --segmenter-weights names holds these (found by the notebook's NUCLEI_MODEL/CELL_MODEL
 # = "auto", hpa.kaggle.inputs.find_hpacellseg_weight).
@@ -80,17 +80,14 @@ def check_out(out: Path) -> Path:
 
 
 @contextmanager
-def replacing(out: Path) -> Iterator[Path]:
-    """Yield a temp folder that replaces `out` whole on success, so no stale wheel survives."""
+def replacing(out: Path, command: str, inputs: Sequence[Path] = ()) -> Iterator[Path]:
+    """Yield a temp folder that replaces `out` whole on success, so no stale wheel survives.
+
+    hpa.outputs decides what may be replaced: `out` absent, empty, or holding only what
+    `command` wrote there (its manifest); never the user's files, never one of `inputs`.
+    """
     out = check_out(out)
-    if out.exists():
-        theirs = [p.name for p in out.iterdir() if not any(p.match(g) for g in OURS) or p.is_dir()]
-        if theirs:
-            raise InputError(
-                f"{out} holds files this command did not write ({', '.join(sorted(theirs)[:3])}); "
-                "pass a new or empty --out folder"
-            )
-    with atomic_dir(out) as tmp:
+    with replace_folder(out, "--out", command, inputs=inputs) as tmp:
         yield tmp
 
 
@@ -122,7 +119,7 @@ def make_bundle(
     root = project_root()
     extra = check_no_deps(no_deps)
     names = [w.name for w in extra]
-    with replacing(out) as tmp:
+    with replacing(out, "hpa.kaggle bundle", inputs=[root, *extra]) as tmp:
         log(f"building hpa's wheel from {root}")
         hpa_wheel = build_hpa_wheel(root, tmp)
         log(f"  {hpa_wheel.name}")
@@ -264,7 +261,7 @@ def make_kernels(
     out = check_out(out)
     out.mkdir(parents=True, exist_ok=True)
     for kernel in KERNELS:
-        with replacing(out / kernel_slug(kernel)) as tmp:
+        with replacing(out / kernel_slug(kernel), "hpa.kaggle kernels") as tmp:
             if kernel in edited:
                 write_text(tmp / kernel.notebook, edited[kernel])
             else:
@@ -280,8 +277,10 @@ def make_model_dataset(model_dir: Path, out: Path, user: str, slug: str, title: 
 
     metadata = dataset_metadata(user, slug, title)
     read_model_config(model_dir)  # InputError unless it is an exported hpa model
-    with replacing(out) as tmp:
+    with replacing(out, "hpa.kaggle model", inputs=[model_dir]) as tmp:
         for name in (CONFIG, WEIGHTS):
             shutil.copy2(model_dir / name, tmp / name)
+        if checksum_path(model_dir / WEIGHTS).is_file():  # so Kaggle checks the upload too
+            shutil.copy2(checksum_path(model_dir / WEIGHTS), checksum_path(tmp / WEIGHTS))
         write_json(tmp / DATASET_METADATA, metadata)
     return out

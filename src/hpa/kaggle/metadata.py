@@ -85,7 +85,18 @@ def check_dataset(ref: str, what: str) -> str:
     return ref
 
 
+def check_user(user: str) -> str:
+    """A Kaggle user name as it goes into OWNER/SLUG ids; else one line naming it."""
+    if not OWNER.match(user or ""):
+        raise InputError(
+            f"Kaggle user {user!r} is not a user name: use letters, digits, '-' and '_' (your "
+            "name as in kaggle.com/NAME); set it with --user or KAGGLE_USERNAME"
+        )
+    return user
+
+
 def dataset_metadata(user: str, slug: str, title: str) -> dict[str, Any]:
+    check_user(user)
     check_slug(slug, "dataset slug")
     if not 6 <= len(title) <= 50:
         raise InputError(f"dataset title {title!r} must be 6 to 50 characters long")
@@ -126,6 +137,7 @@ def kernel_metadata(
     pinning: str = DEFAULT_PINNING,
 ) -> dict[str, Any]:
     """Internet is off explicitly: code-competition submissions must run without it."""
+    check_user(user)
     if pinning not in PINNINGS:
         raise InputError(f"--pinning {pinning!r}: use one of {', '.join(PINNINGS)}")
     gpu = {"machine_shape": check_accelerator(accelerator)} if kernel.gpu else {}

@@ -21,16 +21,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from hpa.errors import InputError
-from hpa.fsio import atomic_dir, write_json, write_text
+from hpa.fsio import write_json
 from hpa.kaggle.bundle import (
     DATASET_METADATA,
     HPACELLSEG_WEIGHTS,
@@ -49,13 +50,14 @@ from hpa.kaggle.metadata import (
     PLACEHOLDER_USER,
     check_accelerator,
     check_slug,
+    check_user,
     kernel_slug,
 )
 from hpa.kaggle.wheels import Fetcher
+from hpa.outputs import replace_folder
 
 DEFAULT_OUT = Path("dist/kaggle")
 STATE = "push.json"
-OUTPUT_MARKER = ".hpa-kernel-output"
 INFERENCE = next(k for k in KERNELS if k.needs_models)
 # What the CLI prints on stdout, with exit status 0, when a push or an upload failed.
 _FAILED = re.compile(r"error:|are not valid", re.IGNORECASE)
@@ -84,6 +86,17 @@ def cli_problem(done: subprocess.CompletedProcess) -> str | None:
     return first[0] if first else f"exit status {done.returncode}"
 
 
+def _env_seconds(name: str, default: float) -> float:
+    text = os.environ.get(name, "")
+    try:
+        value = float(text) if text else default
+    except ValueError:
+        raise InputError(f"{name}={text!r} is not a number of seconds") from None
+    if value <= 0:
+        raise InputError(f"{name}={text!r}: give a positive number of seconds")
+    return value
+
+
 @dataclass
 class KaggleCli:
     """The `kaggle` command found on PATH, run once per step."""
@@ -100,8 +113,27 @@ class KaggleCli:
             )
         return cls(exe)
 
+    # Every call is bounded: a stalled connection must not hang a command forever.
+    # HPA_KAGGLE_TIMEOUT (seconds) moves the limit for slow links and large outputs.
+    timeout_s: float = field(default_factory=lambda: _env_seconds("HPA_KAGGLE_TIMEOUT", 1800))
+
     def call(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([self.exe, *args], capture_output=True, text=True)
+        try:
+            # The CLI's output may hold bytes that are not UTF-8 (a kernel's log): replaced.
+            return subprocess.run(
+                [self.exe, *args],
+                capture_output=True,
+                text=True,
+                encoding="utf-8",
+                errors="replace",
+                timeout=self.timeout_s,
+            )
+        except subprocess.TimeoutExpired:
+            raise InputError(
+                f"kaggle {' '.join(args[:2])} gave no answer in {self.timeout_s:.0f} s; check the "
+                "connection and run the same command again (HPA_KAGGLE_TIMEOUT=SECONDS moves "
+                "the limit)"
+            ) from None
 
     def run(self, *args: str, stdout_errors: bool = True) -> subprocess.CompletedProcess:
         """The call's result; a failure is one InputError line naming the subcommand.
@@ -122,7 +154,7 @@ def require_user(user: str) -> str:
             "no Kaggle user: set KAGGLE_USERNAME, pass --user, or put your API token "
             "(kaggle.json, with your username) in ~/.kaggle"
         )
-    return user
+    return check_user(user)
 
 
 def read_state(out: Path) -> dict:
@@ -326,13 +358,11 @@ def output(kernel: str, out: Path, log: Log = print) -> Path:
     """Download the kernel's output (submission.csv, its log) into `out`, replaced whole."""
     cli = KaggleCli.find()
     out = check_out(out)
-    if out.exists() and any(out.iterdir()) and not (out / OUTPUT_MARKER).exists():
-        raise InputError(f"--out {out} holds other files; pass a new or empty --out folder")
     log(f"output of {kernel}: kaggle kernels output {kernel} -p {out}")
-    with atomic_dir(out) as tmp:
+    # Replaced whole only when it holds nothing but an earlier output of this command.
+    with replace_folder(out, "--out", "hpa.kaggle output") as tmp:
         cli.run("kernels", "output", kernel, "-p", str(tmp))
-        write_text(tmp / OUTPUT_MARKER, f"{kernel}\n")
-    for path in sorted(p for p in out.rglob("*") if p.is_file() and p.name != OUTPUT_MARKER):
+    for path in sorted(p for p in out.rglob("*") if p.is_file() and not p.name.startswith(".")):
         log(f"  {path}")
     return out
 

@@ -16,14 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpa.errors import InputError
+from hpa.fsio import size_text
 
 GIB = 2**30
-
-
-def size_text(n: float) -> str:
-    if n >= GIB:
-        return f"{n / GIB:.1f} GiB"
-    return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import numpy as np
 from pycocotools import mask as coco_mask
 
 from hpa.errors import InputError
+from hpa.inputs import check_decoded_size
 
 
 def encode_binary_mask(mask: np.ndarray) -> str:
@@ -45,6 +46,13 @@ def rle_counts(counts: bytes) -> list[int]:
     return runs
 
 
+def max_counts_bytes(height: int, width: int) -> int:
+    """The longest RLE counts string an H x W mask can have: at most H*W+1 runs, each run length
+    (< 2**bits) written in 5-bit groups."""
+    pixels = max(1, int(height) * int(width))
+    return (pixels + 1) * (pixels.bit_length() // 5 + 2)
+
+
 def decode_binary_mask(text: str, height: int, width: int) -> np.ndarray:
     """The inverse of `encode_binary_mask`: mask text -> H x W bool.
 
@@ -52,8 +60,12 @@ def decode_binary_mask(text: str, height: int, width: int) -> np.ndarray:
     H x W pixels. A mask encoded at another size is an error (pycocotools would decode it into
     garbage, or fail), named with both sizes.
     """
+    limit = max_counts_bytes(height, width)
     try:
-        counts = zlib.decompress(base64.b64decode(text, validate=True))
+        inflater = zlib.decompressobj()
+        # Bounded: a crafted row must not inflate to gigabytes before its size is checked.
+        counts = inflater.decompress(base64.b64decode(text, validate=True), limit + 1)
+        check_decoded_size(len(counts), limit, f"mask {text[:24]!r}...")
         runs = rle_counts(counts)
     except (binascii.Error, zlib.error, ValueError) as err:
         raise InputError(f"mask {text[:24]!r}... is not base64(zlib(RLE)): {err}") from None

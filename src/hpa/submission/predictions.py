@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from hpa.errors import InputError
+from hpa.inputs import read_table
 from hpa.labels import NUM_CLASSES
 from hpa.submission.encoding import decode_binary_mask
 from hpa.submission.metric import Detection
@@ -19,12 +20,11 @@ COLUMNS = ("ID", "ImageWidth", "ImageHeight", "PredictionString")
 def read_submission(path: str | Path) -> pd.DataFrame:
     """The submission with its columns checked; one row per ID."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():  # a FIFO or folder: named by read_table
         raise InputError(f"submission {path} does not exist; pass submission=FILE.csv")
-    try:
-        frame = pd.read_csv(path, dtype={"ID": str, "PredictionString": str}, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise InputError(f"cannot parse submission {path}: {err}") from None
+    frame = read_table(
+        path, f"submission {path}", ",".join(COLUMNS), dtype={"ID": str, "PredictionString": str}
+    )
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise InputError(

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pandas as pd
 
 from hpa.errors import InputError
+from hpa.inputs import read_table
 from hpa.labels import parse_labels
 
 
@@ -54,10 +54,7 @@ class TruthSet:
 def read_cell_classes(path: Path) -> dict[str, dict[int, list[int]]]:
     """cells.csv -> {ID: {cell_id: [classes]}}; an empty Label is a cell nobody annotated ([]):
     it is no ground truth of any class, so a detection on it is a false positive."""
-    try:
-        frame = pd.read_csv(path, dtype={"ID": str, "Label": str}, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as err:
-        raise InputError(f"cannot parse {path}: {err}") from None
+    frame = read_table(path, str(path), "ID,cell_id,Label", dtype={"ID": str, "Label": str})
     missing = {"ID", "cell_id", "Label"} - set(frame.columns)
     if missing:
         raise InputError(

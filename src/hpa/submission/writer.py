@@ -16,6 +16,7 @@ import pandas as pd
 
 from hpa.errors import InputError
 from hpa.fsio import disk_full_as_error, write_text
+from hpa.inputs import read_table
 
 COLUMNS = ["ID", "ImageWidth", "ImageHeight", "PredictionString"]
 
@@ -23,14 +24,9 @@ COLUMNS = ["ID", "ImageWidth", "ImageHeight", "PredictionString"]
 def read_sample_submission(path: str | Path) -> pd.DataFrame:
     """`ID,ImageWidth,ImageHeight,...` with positive integer sizes; the rows to predict, in order."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():  # a FIFO or folder: named by read_table
         raise InputError(f"missing sample submission {path}; pass sample_submission=FILE")
-    try:
-        frame = pd.read_csv(path, dtype={"ID": str}, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as err:
-        raise InputError(
-            f"{path} is not a readable CSV ({err}); expected {','.join(COLUMNS)}"
-        ) from None
+    frame = read_table(path, str(path), ",".join(COLUMNS))
     missing = {"ID", "ImageWidth", "ImageHeight"} - set(frame.columns)
     if missing:
         raise InputError(f"{path} lacks column(s) {sorted(missing)}; expected {','.join(COLUMNS)}")

@@ -18,7 +18,8 @@ def main(argv: list[str] | None = None) -> None:
     with graceful_sigterm("the files written so far are whole; run the same command again"):
         out = generate_dataset(SyntheticConfig(**options), cfg.out)
     print(
-        f"wrote {cfg.n_images} samples to {out} (train.csv, masks/, cells.csv, sample_submission.csv)"
+        f"wrote {cfg.n_images} samples to {out} ({cfg.split}.csv, {cfg.split}/, masks/, "
+        "cells.csv, sample_submission.csv)"
     )
 
 

@@ -15,8 +15,9 @@ from tqdm import tqdm
 
 from hpa.data.images import CHANNELS, write_channel
 from hpa.errors import InputError
-from hpa.fsio import atomic_dir, atomic_path, write_text
+from hpa.fsio import atomic_path, write_text
 from hpa.labels import NEGATIVE, NUM_CLASSES, format_labels
+from hpa.outputs import check_folder, claim_folder, claim_names, replace_folder
 from hpa.signals import die_with_parent
 from hpa.synthetic.cells import layout_cells, smooth_noise
 from hpa.synthetic.patterns import PATTERNS, Context, er_network, microtubule_network
@@ -231,6 +232,8 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
 # Left in every folder the generator writes: only a folder that holds it (or an empty one) is ever
 # written into, replaced or removed by the generator. A user's data folder never is.
 MARKER = ".hpa-synthetic"
+COMMAND = "hpa.synthetic"
+SAMPLE_SUBMISSION = "sample_submission.csv"
 
 
 def is_generated(folder: str | Path) -> bool:
@@ -239,15 +242,8 @@ def is_generated(folder: str | Path) -> bool:
 
 
 def check_writable_target(out: str | Path) -> None:
-    """`out` must be absent, empty, or a folder the generator made; anything else is user data."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out} is a file; synthetic data needs a folder, choose another path")
-    if out.is_dir() and any(out.iterdir()) and not is_generated(out):
-        raise InputError(
-            f"{out} is not empty and was not made by hpa's synthetic generator ({MARKER} missing); "
-            "nothing was written. Choose an empty or new folder"
-        )
+    """`out` must be absent, empty, or hold only what the generator wrote (hpa.outputs)."""
+    check_folder(out, "out", COMMAND)
 
 
 def generate_dataset(cfg: SyntheticConfig, out: str | Path, progress: bool = True) -> Path:
@@ -256,9 +252,15 @@ def generate_dataset(cfg: SyntheticConfig, out: str | Path, progress: bool = Tru
     `out` must be absent, empty or an earlier synthetic set (InputError otherwise).
     """
     out = Path(out)
-    check_writable_target(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / MARKER, f"written by hpa.synthetic: {cfg}\n")
+    with claim_folder(out, "out", COMMAND):
+        names = [cfg.split, "masks", "nuclei", f"{cfg.split}.csv", "cells.csv", SAMPLE_SUBMISSION]
+        claim_names(out, names, COMMAND)
+        write_text(out / MARKER, f"written by hpa.synthetic: {cfg}\n")
+        _generate(cfg, out, progress)
+    return out
+
+
+def _generate(cfg: SyntheticConfig, out: Path, progress: bool) -> None:
     for sub in (cfg.split, "masks", "nuclei"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     jobs = [(cfg, i, out) for i in range(cfg.n_images)]
@@ -296,8 +298,7 @@ def generate_dataset(cfg: SyntheticConfig, out: str | Path, progress: bool = Tru
             "PredictionString": "",
         }
     )
-    _write_csv(sub, out / "sample_submission.csv")
-    return out
+    _write_csv(sub, out / SAMPLE_SUBMISSION)
 
 
 def generate_atomically(cfg: SyntheticConfig, out: str | Path, progress: bool = True) -> Path:
@@ -307,8 +308,7 @@ def generate_atomically(cfg: SyntheticConfig, out: str | Path, progress: bool = 
     other folder is refused before anything is written.
     """
     out = Path(out)
-    check_writable_target(out)
-    with atomic_dir(out) as tmp:
+    with replace_folder(out, "out", COMMAND) as tmp:
         generate_dataset(cfg, tmp, progress=progress)
     return out
 

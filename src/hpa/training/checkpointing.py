@@ -23,11 +23,12 @@ import pytorch_lightning as pl
 import torch
 from lightning_fabric.loggers.logger import rank_zero_experiment
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from hpa.fsio import atomic_path, write_bytes
+from hpa.fsio import atomic_path, checksum_path, write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,42 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        write_bytes(path, buffer.getbuffer())
+        # With its checksum: a resume refuses a checkpoint damaged since (train.check_ckpt).
+        write_bytes(path, buffer.getbuffer(), checksum=True)
+
+    def remove_checkpoint(self, path: Any) -> None:
+        super().remove_checkpoint(path)
+        if "://" not in str(path):
+            checksum_path(path).unlink(missing_ok=True)  # written with it, by us
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint whose saved paths are this run's own when resumed.
+
+    Lightning stores best/last paths absolute and reloads `best_model_path` even when the run's
+    folder has moved (overwrite=true moves a run aside into previous-<time>/): the resumed run
+    would then validate and export another run's best.ckpt. Each saved path is read as the same
+    file name in this run's checkpoint folder.
+    """
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old = state_dict.get("dirpath")
+        if old and self.dirpath and Path(old) != Path(self.dirpath):
+
+            def here(p: Any) -> Any:
+                return str(Path(self.dirpath) / Path(p).name) if p else p
+
+            state_dict = {
+                **state_dict,
+                "dirpath": self.dirpath,
+                "best_model_path": here(state_dict.get("best_model_path")),
+                "kth_best_model_path": here(state_dict.get("kth_best_model_path")),
+                "last_model_path": here(state_dict.get("last_model_path")),
+                "best_k_models": {
+                    here(k): v for k, v in (state_dict.get("best_k_models") or {}).items()
+                },
+            }
+        super().load_state_dict(state_dict)
 
 
 class SaveOnSigterm(pl.Callback):
