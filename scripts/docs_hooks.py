@@ -160,8 +160,10 @@ def help_text(args: list[str], root: Path) -> str:
 
 
 def subcommands(help_output: str) -> list[str]:
-    """The `{a,b,c}` choices of an argparse parser with subcommands."""
-    found = re.search(r"\{([a-z0-9_,-]+)\}", help_output)
+    """The subcommands of an argparse parser: the `{a,b,c}` of its positional arguments (an
+    option's choices, such as `--segmenter {hpacellseg}`, are not subcommands)."""
+    positional = help_output.partition("positional arguments:")[2]
+    found = re.search(r"^\s+\{([a-z0-9_,-]+)\}", positional, re.M)
     return found.group(1).split(",") if found else []
 
 

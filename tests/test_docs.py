@@ -182,6 +182,23 @@ def test_every_config_file_is_in_the_generated_reference():
     flags = pages["reference/flags.md"]
     for command in ("hpa.doctor", "hpa.runs", "hpa.kaggle push", "hpa.kaggle bundle"):
         assert f"{command} {{#" in flags, command
+    # doctor's `--segmenter {hpacellseg}` is an option's choice, not a subcommand
+    assert "### hpa.doctor" not in flags
+
+
+def test_subcommands_are_the_positional_choices_not_an_options_choices():
+    hooks = load_hooks()
+    kaggle = (
+        "usage: python -m hpa.kaggle [-h] {push,status,bundle} ...\n\n"
+        "positional arguments:\n  {push,status,bundle}\n    push    upload\n\n"
+        "options:\n  -h, --help  show this help message and exit\n"
+    )
+    doctor = (
+        "usage: python -m hpa.doctor [-h] [--segmenter {hpacellseg}]\n\n"
+        "options:\n  --segmenter {hpacellseg}\n"
+    )
+    assert hooks.subcommands(kaggle) == ["push", "status", "bundle"]
+    assert hooks.subcommands(doctor) == []
 
 
 def test_the_nav_entry_of_the_configuration_page_becomes_a_section():
