@@ -221,11 +221,12 @@ def reference_nav(root: Path) -> list[Any]:
 
 
 def expand_nav(nav: list[Any], section: list[Any]) -> bool:
-    """Replace the nav entry `TITLE: configuration.md` by a section TITLE: [the index, pages]."""
+    """Replace the nav entry `TITLE: configuration.md` by a section TITLE: [the index, pages]
+    (or a section expanded before, when `mkdocs serve` rebuilds, by today's pages)."""
     for i, item in enumerate(nav):
         if isinstance(item, dict):
             for title, value in item.items():
-                if value == INDEX_PAGE:
+                if value == INDEX_PAGE or (isinstance(value, list) and value[:1] == [INDEX_PAGE]):
                     nav[i] = {title: section}
                     return True
                 if isinstance(value, list) and expand_nav(value, section):

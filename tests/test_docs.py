@@ -212,6 +212,9 @@ def test_the_nav_entry_of_the_configuration_page_becomes_a_section():
     assert entries[0] == "configuration.md"
     assert {"hpa.train": "reference/train.md"} in entries
     assert {"Config groups": "reference/groups.md"} in entries
+    # Expanding again (mkdocs serve rebuilds with the same config) replaces the section.
+    assert hooks.expand_nav(nav, section[:2])
+    assert str(nav).count("configuration.md") == 1 and "reference/train.md" not in str(nav)
 
 
 # --- mkdocs build --strict -------------------------------------------------------------------
