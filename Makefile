@@ -14,7 +14,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 # Unbuffered, so a run that dies (a native crash in CI) still shows how far it got.
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install train test test-fast test-kaggle lint format lock build clean
+.PHONY: install train test test-fast test-kaggle lint format docs lock build clean
 
 install: $(STAMP)
 
@@ -47,12 +47,19 @@ format: install
 	$(VENV)/bin/ruff format src tests scripts
 	$(VENV)/bin/ruff check --fix src tests scripts
 
-# The whole suite, lint included: this is what CI runs. Test files run in TEST_WORKERS processes
-# (pytest-xdist, one file per process so module fixtures are built once): on 2 cores the suite
-# waits on subprocesses and I/O half the time, which a second process fills. Each process gets
-# one torch thread so that the two do not fight over the cores. TEST_WORKERS=0: one process.
+# The manual: docs/ + mkdocs.yml -> site/ (open site/index.html). --strict fails the build on a
+# broken link or anchor and on a page missing from the nav; scripts/docs_hooks.py generates the
+# option reference from src/hpa/configs while it builds.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(RUN) -m mkdocs build --strict --site-dir site
+
+# The whole suite, lint and the manual included: this is what CI runs. Test files run in
+# TEST_WORKERS processes (pytest-xdist, one file per process so module fixtures are built once):
+# on 2 cores the suite waits on subprocesses and I/O half the time, which a second process fills.
+# Each process gets one torch thread so that the two do not fight over the cores.
+# TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
-test: install lint
+test: install lint docs
 	OMP_NUM_THREADS=1 $(RUN) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The Kaggle-shaped environment test, for today's image (Python 3.12, kaggle_image.txt) and the
@@ -71,4 +78,4 @@ build: install
 	$(POETRY) build --no-interaction
 
 clean:
-	rm -rf dist build .pytest_cache outputs
+	rm -rf dist build site .pytest_cache outputs

@@ -1,5 +1,5 @@
 """Every command reads the same way: `--help` works, bad input exits 2, and each `python -m hpa.X`
-the README shows is also a console script `hpa-X` of the installed package."""
+the README or the manual (docs/) shows is also a console script `hpa-X` of the installed package."""
 
 import importlib
 import re
@@ -17,8 +17,10 @@ ENV = child_env()
 
 
 def readme_commands() -> set[str]:
-    """Every `python -m hpa.X` the README tells a user to run."""
-    return set(re.findall(r"python -m hpa\.([a-z_]+)", (ROOT / "README.md").read_text()))
+    """Every `python -m hpa.X` the README or a page of the manual tells a user to run."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    text = "\n".join(page.read_text() for page in pages)
+    return set(re.findall(r"python -m hpa\.([a-z_]+)", text))
 
 
 def console_scripts() -> dict[str, str]:

@@ -57,7 +57,7 @@ BUILD_VARS = {"build_date": "BUILD_DATE", "git_commit": "GIT_COMMIT", "colab": "
 ROOT_VAR = "HPA_IMAGE_ROOT"
 REBUILD = (
     "update src/hpa/kaggle/kaggle_image.txt to this image, widen pyproject.toml's range if hpa "
-    "works with it, rebuild and re-upload the bundle (README: Running on Kaggle, step 10)"
+    "works with it, rebuild and re-upload the bundle (docs/kaggle.md: When Kaggle's image changes)"
 )
 
 VersionOf = Callable[[str], "str | None"]

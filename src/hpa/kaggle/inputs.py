@@ -244,7 +244,7 @@ def find_hpacellseg_weight(
     what = f"hpacellseg {name} ({' or '.join(names)})"
     hint = (
         f"a data set with HPA-Cell-Segmentation's {names[0]} (Zenodo record 4665863; "
-        "README: Segmenting cells)"
+        "docs/segmentation.md: hpacellseg on Kaggle)"
     )
     found = _distinct_files(_search(root, param, what, hint, match))
     return _one(found, root, param, f"different {names[0]} files")

@@ -22,7 +22,7 @@ class WatershedSegmenter:
     Otsu levels, so one setting serves 1728-3072 px HPA fields of view, other exposures, and
     small synthetic images. The thresholds come from a held-out search against
     HPA-Cell-Segmentation's masks (scripts/tune_watershed.py: picked on one real image, reported
-    on the other and on synthetic images; README: Segmenting cells); the rest were chosen on
+    on the other and on synthetic images; docs/segmentation.md); the rest were chosen on
     synthetic sets, inside ranges where the result does not change much.
     """
 
