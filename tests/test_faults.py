@@ -56,6 +56,12 @@ class Command:
     kill_resumes: bool = False  # the same after SIGKILL (work is kept as it is done)
     boot_flags: tuple[str, ...] = ()
     rerun: Callable[[Run], list[str]] = lambda run: []  # what a re-run adds (train: ckpt_path)
+    # The output hpa.outputs locks (None: prepare, whose cache takes concurrent writers by design)
+    output: Callable[[Run], Path] | None = None
+    # Overrides that point one input at a FIFO made there (None: the command reads no file)
+    fifo: Callable[[Path], list[str]] | None = None
+    # More pause points, one per phase (set-up, export): SIGTERM there is one line and resumable
+    phases: tuple[str, ...] = ()
 
 
 # --- the commands -----------------------------------------------------------------------------
@@ -94,10 +100,14 @@ def _synthetic_finished(run: Run, done: subprocess.CompletedProcess) -> None:
 
 
 def _bundle_previous(run: Run) -> None:
+    from hpa.outputs import record
+
     old = run.out / "bundle"
     old.mkdir(parents=True)
-    (old / "hpa-0.0.1-py3-none-any.whl").write_bytes(b"an older wheel")
-    (old / "dataset-metadata.json").write_text('{"id": "me/hpa-bundle"}\n')
+    for name, data in (("hpa-0.0.1-py3-none-any.whl", b"an older wheel"),
+                       ("dataset-metadata.json", b'{"id": "me/hpa-bundle"}\n')):  # fmt: skip
+        (old / name).write_bytes(data)
+        record(old / name, "hpa.kaggle bundle")  # an earlier bundle's, by its manifest
 
 
 def _bundle_finished(run: Run, done: subprocess.CompletedProcess) -> None:
@@ -148,6 +158,7 @@ COMMANDS = [
         previous=_prepare_previous,
         finished=_prepare_finished,
         resumed=rf"prepared [1-{N_TRAIN - 1}] samples",
+        fifo=lambda f: [f"data.root={f.parent}"],  # its train.csv
     ),
     Command(
         "predict",
@@ -166,6 +177,9 @@ COMMANDS = [
         finished=_predict_finished,
         resumed="resuming after 1 rows",
         kill_resumes=True,
+        output=lambda r: r.out / "sub.csv",
+        fifo=lambda f: [f"sample_submission={f}"],
+        phases=("hpa.inference.classifiers:load_classifiers@1",),  # models loaded, none run
     ),
     Command(
         "evaluate",
@@ -179,6 +193,8 @@ COMMANDS = [
         pause="hpa.submission.metric:MeanAveragePrecision.add_image@1",
         previous=lambda r: _write(r.out / "metrics.json", '{"mAP": 0.5}\n'),
         finished=_evaluate_finished,
+        output=lambda r: r.out / "metrics.json",
+        fifo=lambda f: [f"submission={f}"],
     ),
     Command(
         "synthetic",
@@ -187,6 +203,7 @@ COMMANDS = [
         pause="hpa.data.images:write_channel@1",
         previous=_synthetic_previous,
         finished=_synthetic_finished,
+        output=lambda r: r.out / "syn",
     ),
     Command(
         "kaggle-bundle",
@@ -196,6 +213,7 @@ COMMANDS = [
         previous=_bundle_previous,
         finished=_bundle_finished,
         boot_flags=("--fake-pip",),
+        output=lambda r: r.out / "bundle",
     ),
 ]
 COMMANDS.append(
@@ -209,10 +227,24 @@ COMMANDS.append(
         finished=_train_finished,
         resumed=r"resuming from \S*last\.ckpt \(epoch [01], step [3-5];",
         kill_resumes=True,
-        rerun=lambda r: [f"ckpt_path={r.out / 'run' / 'checkpoints' / 'last.ckpt'}"],
+        # Resumed where a checkpoint was saved; started anew where none was (SIGTERM in set-up).
+        rerun=lambda r: (
+            [f"ckpt_path={last}"]
+            if (last := r.out / "run" / "checkpoints" / "last.ckpt").is_file()
+            else []
+        ),
+        output=lambda r: r.out / "run",
+        fifo=lambda f: [f"data.root={f.parent}"],  # its train.csv
+        phases=(
+            "hpa.pipeline:build_datamodule@1",  # data set up, no step taken
+            "hpa.models.export:export_model@1",  # trained and exported, plots and oof not yet
+        ),
     )
 )
 BY_NAME = pytest.mark.parametrize("cmd", COMMANDS, ids=[c.name for c in COMMANDS])
+_WRITERS = [c for c in COMMANDS if c.output]
+_READERS = [c for c in COMMANDS if c.fifo]
+_PHASES = [(c, p) for c in COMMANDS for p in c.phases]
 
 
 # --- inputs shared by every scenario (read only) ------------------------------------------------
@@ -505,3 +537,72 @@ def test_read_only_output_is_one_line_and_keeps_what_was_there(cmd, inputs, tmp_
     message = one_line(done.stdout, done.stderr, "error: ")
     assert str(folder) in message
     assert_kept(before)
+
+
+# --- one writer, bounded reads, SIGTERM in every phase (hpa.outputs, hpa.inputs, hpa.errors) --
+
+HOLDER = """
+import sys
+from hpa.outputs import lock
+with lock(sys.argv[1]):
+    print("locked", flush=True)
+    sys.stdin.read()
+"""
+
+
+@pytest.mark.parametrize("cmd", _WRITERS, ids=[c.name for c in _WRITERS])
+def test_a_concurrent_writer_stops_at_once_naming_the_holder(cmd, run):
+    cmd.previous(run)
+    before = snapshot(run.out, run.inputs)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(cmd.output(run))],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"  # an event: the lock is held
+        done = run_command(cmd, run)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    assert done.returncode == 2, done.stderr[-3000:]
+    message = one_line(done.stdout, done.stderr, "error: ")
+    assert f"pid {holder.pid}" in message and "another hpa process" in message
+    assert_kept(before)
+
+
+@pytest.mark.parametrize("cmd", _READERS, ids=[c.name for c in _READERS])
+def test_a_fifo_among_the_inputs_is_named_not_waited_on(cmd, run):
+    """Nobody ever writes the FIFO: a command that opened it would block forever."""
+    fifo = run.work / "fifo" / ("train.csv" if "data.root" in cmd.fifo(Path("x"))[0] else "in.csv")
+    fifo.parent.mkdir()
+    os.mkfifo(fifo)
+    cmd.previous(run)
+    before = snapshot(run.out, run.inputs)
+    done = run_command(cmd, run, extra=cmd.fifo(fifo))
+    assert done.returncode == 2, done.stderr[-3000:]
+    message = one_line(done.stdout, done.stderr, "error: ")
+    assert "is a FIFO" in message and str(fifo) in message
+    assert_kept(before)
+
+
+@pytest.mark.parametrize(
+    ("cmd", "phase"), _PHASES, ids=[f"{c.name}-{p.split(':')[1]}" for c, p in _PHASES]
+)
+def test_sigterm_in_every_phase_is_one_line_and_a_rerun_finishes(cmd, phase, run, reaper):
+    from dataclasses import replace
+
+    at = replace(cmd, pause=phase)
+    cmd.previous(run)
+    before = snapshot(run.out, run.inputs)
+    proc, family = start_paused(at, run, reaper)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "run the same command" in one_line(out, err, "stopped by SIGTERM; ")
+    assert_kept(before)
+    assert_no_temp_files(run.out)
+    assert not _still_running(family | {proc.pid})
+    finish(cmd, run)

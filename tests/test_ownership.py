@@ -572,3 +572,10 @@ def test_output_records_and_refuses_what_another_command_owns(tmp_path):
     refused = pytest.raises(InputError, match="belongs to hpa.evaluate")
     with refused, output(path, "out", "hpa.pseudo"):
         pass
+
+
+def test_a_command_that_writes_nothing_leaves_no_record(tmp_path):
+    path = tmp_path / "out.csv"
+    with pytest.raises(RuntimeError), output(path, "out", "hpa.x"):
+        raise RuntimeError("failed before writing")
+    assert not list(tmp_path.iterdir())  # no manifest, no lock file: the folder as it was

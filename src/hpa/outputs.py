@@ -161,12 +161,36 @@ def output(
     inputs: Iterable[str | Path | None] = (),
     named_by_user: bool = True,
 ) -> Iterator[Path]:
-    """Check `path` (check_output), hold its lock while inside, and record it as `command`'s."""
+    """Check `path` (check_output), hold its lock while inside, and record it as `command`'s.
+
+    Recorded before the work (a partial output a rerun resumes is this command's too); a run
+    that ends without writing it takes the record back, and the manifest when it made it.
+    """
     path = check_output(path, option, command, inputs=inputs, named_by_user=named_by_user)
     with lock(path, option):
+        had = manifest(path.parent)
         with disk_full_as_error(path.parent):
             record(path, command)
-        yield path
+        try:
+            yield path
+        finally:
+            if not path.exists():
+                _unrecord(path, had)
+
+
+def _unrecord(path: Path, had: dict[str, str]) -> None:
+    """Put `path`'s folder's manifest back as it was for `path` (`had`: before the record)."""
+    folder = path.parent
+    with contextlib.suppress(OSError), _flock(folder / f".{MANIFEST}{LOCK_SUFFIX}", wait=True):
+        files = manifest(folder)
+        if path.name in had:
+            files[path.name] = had[path.name]
+        else:
+            files.pop(path.name, None)
+        if files:
+            write_json(folder / MANIFEST, {"files": dict(sorted(files.items()))})
+        elif not had:  # the manifest was ours alone: it goes with the record
+            (folder / MANIFEST).unlink(missing_ok=True)
 
 
 def check_folder(folder: str | Path, option: str, command: str) -> Path:
