@@ -4,6 +4,7 @@ of the files it is drawn from."""
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -347,3 +348,18 @@ def test_benchmark_report_renders_each_seed_and_stage(tmp_path, capsys):
             assert values[f"{name}/seed{i}/cell_mAP"][0] == r["cell_mAP_per_seed"][i]
             assert values[f"{name}/seed{i}/train_s"][0] == own["train_s"]
             assert values[f"{name}/seed{i}/predict_s"][0] == own["predict_s"]
+
+
+def test_the_browser_check_sees_a_broken_image_and_a_console_error(tmp_path):
+    """The checks above can fail: a page with a missing image and a script error is caught."""
+    page = tmp_path / "broken.html"
+    good = base64.b64encode(draw.encode_png(np.full((8, 8, 3), 200, np.uint8))).decode()
+    page.write_text(
+        '<!DOCTYPE html><html><head><meta charset="utf-8"></head><body><p>text</p>'
+        f'<img alt="fine" src="data:image/png;base64,{good}">'
+        '<img alt="gone" src="missing.png"><script>console.error("boom")</script></body></html>'
+    )
+    seen = open_page(page)
+    assert seen["images"] == 2 and seen["failed"] == ["gone"]
+    assert "console.error: boom" in seen["errors"] and "failed to load IMG" in seen["errors"]
+    assert not not_blank(np.full((20, 20, 3), 255, np.uint8))
