@@ -36,6 +36,7 @@ h1{font-size:1.5em}h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #cc
 table{border-collapse:collapse;font-size:.9em}td,th{padding:2px 8px;border-bottom:1px solid #eee}
 td.n{text-align:right;font-variant-numeric:tabular-nums}img.plot{max-width:100%}
 .row{display:flex;flex-wrap:wrap;gap:6px;margin:4px 0 10px}
+.pair{display:flex;flex-wrap:wrap;gap:36px}h3{font-size:1em;margin:.8em 0 .2em}
 figure{margin:0;width:104px;font-size:.7em}figure img{width:96px;height:96px;display:block}
 .wrong figcaption{color:#b00}.unsure figcaption{color:#555}p.note{color:#555;font-size:.9em}
 """
@@ -260,6 +261,7 @@ def run_report(folder: Path, metrics: Mapping[str, Any], data: RunData) -> str:
         if not kinds["wrong"] and not kinds["unsure"]:
             continue
         body.append(f"<h3>{c} {html.escape(names[c])}</h3>")
+        groups = []
         for kind in ("wrong", "unsure"):
             figs = [
                 f'<figure class="{kind}">'
@@ -269,7 +271,8 @@ def run_report(folder: Path, metrics: Mapping[str, Any], data: RunData) -> str:
                 if r in data.thumbs
             ]
             if figs:
-                body.append(f'<div class="row">{"".join(figs)}</div>')
+                groups.append(f'<div class="row {kind}">{"".join(figs)}</div>')
+        body.append(f'<div class="pair">{"".join(groups)}</div>')
     return page(f"hpa run {folder.name}", body)
 
 
