@@ -363,3 +363,40 @@ def test_the_browser_check_sees_a_broken_image_and_a_console_error(tmp_path):
     assert seen["images"] == 2 and seen["failed"] == ["gone"]
     assert "console.error: boom" in seen["errors"] and "failed to load IMG" in seen["errors"]
     assert not not_blank(np.full((20, 20, 3), 255, np.uint8))
+
+
+def test_show_holds_one_image_at_a_time(truth_set, tmp_path):
+    """Drawing eight 1024 px images needs no more memory than drawing one: each is read, drawn
+    and written before the next (the 559 test images never sit in memory together)."""
+    import tracemalloc
+
+    from hpa.data.images import CHANNELS, read_sample, write_channel
+    from hpa.show import show
+
+    first = sorted(p.stem for p in (truth_set / "masks").glob("*.png"))[0]
+    image = read_sample(truth_set / "train", first, size=1024)
+    truth = cv2.imread(str(truth_set / "masks" / f"{first}.png"), cv2.IMREAD_UNCHANGED)
+    truth = cv2.resize(truth, (1024, 1024), interpolation=cv2.INTER_NEAREST)
+    masks = " ".join(f"0 0.9 {encode_binary_mask(truth == t)}" for t in np.unique(truth)[1:])
+    folder, rows = tmp_path / "images", []
+    folder.mkdir()
+    for k in range(8):
+        for c, channel in enumerate(CHANNELS):
+            write_channel(folder / f"copy{k}_{channel}.png", image[..., c])
+        rows.append((f"copy{k}", 1024, 1024, masks))
+    columns = ["ID", "ImageWidth", "ImageHeight", "PredictionString"]
+    pd.DataFrame(rows, columns=columns).to_csv(tmp_path / "sub.csv", index=False)
+
+    def peak(n: int) -> int:
+        tracemalloc.start()
+        try:
+            ids = [f"copy{k}" for k in range(n)]
+            show(tmp_path / "sub.csv", folder, tmp_path / f"out{n}", ids=ids, progress=False)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    peak(1)  # warm up: imports and caches are not the pictures' memory
+    one, eight = peak(1), peak(8)
+    image_bytes = 1024 * 1024 * 4
+    assert eight < one + image_bytes, (one, eight)  # seven more images held would be 28 MiB

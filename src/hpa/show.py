@@ -79,6 +79,7 @@ def show(
         )
         written.append(write_bytes(out / f"{sample_id}.png", encode_png(image)))
         rows += [asdict(c) for c in cells]
+        del image, mask  # before the next image is read: one image in memory at a time
     columns = ["ID", "cell", "top_class", "confidence", "status", "iou", "truth"]
     table = pd.DataFrame(rows, columns=columns).astype({"cell": "Int64", "top_class": "Int64"})
     with atomic_path(out / "cells.csv") as tmp:

@@ -276,6 +276,8 @@ RUN_FILES = (
     ".hydra",
     "oof.csv",
     "plots",
+    "report.html",
+    "report_data.npz",
     "lr_find.png",
     "train.log",
 )

@@ -43,24 +43,32 @@ def ap_bars(ap_per_class: Mapping[str, float | None]):
     return fig
 
 
-def pr_curves(probs: np.ndarray, targets: np.ndarray, class_names: Sequence[str]):
-    """One precision-recall curve per class (torchmetrics' thresholds), 4 x 5 panels."""
-    import torch
-    from torchmetrics.functional.classification import multilabel_precision_recall_curve
+def pr_curve(
+    probs: np.ndarray, truth: np.ndarray, points: int = 1000
+) -> tuple[np.ndarray, np.ndarray]:
+    """(precision, recall) of one class at every threshold, ranked by probability (one sort:
+    a 20k-sample validation set takes milliseconds), thinned to about `points` for drawing."""
+    order = np.argsort(-np.asarray(probs, dtype=np.float64), kind="stable")
+    hits = np.asarray(truth, dtype=bool)[order]
+    tp = np.cumsum(hits)
+    precision = tp / np.arange(1, len(tp) + 1)
+    recall = tp / max(int(hits.sum()), 1)
+    keep = np.unique(np.linspace(0, len(tp) - 1, min(points, len(tp))).round().astype(int))
+    return precision[keep], recall[keep]
 
-    precision, recall, _ = multilabel_precision_recall_curve(
-        torch.as_tensor(probs, dtype=torch.float32),
-        torch.as_tensor(targets).long(),
-        num_labels=len(class_names),
-    )
+
+def pr_curves(probs: np.ndarray, targets: np.ndarray, class_names: Sequence[str]):
+    """One precision-recall curve per class, 4 x 5 panels."""
+    probs, targets = np.asarray(probs), np.asarray(targets) > 0.5
     fig, axes = plt.subplots(4, 5, figsize=(15, 12), sharex=True, sharey=True)
     for i, ax in enumerate(axes.flat):
         if i >= len(class_names):
             ax.axis("off")
             continue
-        positives = int(np.asarray(targets)[:, i].sum())
+        positives = int(targets[:, i].sum())
         if positives:
-            ax.plot(recall[i].numpy(), precision[i].numpy(), lw=1.5)
+            precision, recall = pr_curve(probs[:, i], targets[:, i])
+            ax.plot(recall, precision, lw=1.5)
         ax.set_title(f"{i} {class_names[i][:22]} (n={positives})", fontsize=8)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.02)
