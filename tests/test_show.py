@@ -400,3 +400,20 @@ def test_show_holds_one_image_at_a_time(truth_set, tmp_path):
     one, eight = peak(1), peak(8)
     image_bytes = 1024 * 1024 * 4
     assert eight < one + image_bytes, (one, eight)  # seven more images held would be 28 MiB
+
+
+def test_a_cell_level_report_names_each_thumbnails_image_and_cell(tmp_path):
+    from hpa.viz.report import collect, run_report
+
+    probs, targets = torch_pair(30, seed=3)
+    keys = {
+        "ID": [f"image-{i // 3:02d}-with-a-long-id" for i in range(30)],
+        "cell": [i % 3 for i in range(30)],
+    }
+    data = collect(
+        probs.numpy(), targets.numpy(), keys, lambda i: np.full((40, 30, 3), i, np.uint8)
+    )
+    page = run_report(tmp_path, {"val/mAP": 0.5, "val/AP_per_class": {}}, data)
+    assert "30 validation cells" in page and "Validation cells it gets wrong" in page
+    shown = list(data.thumbs)
+    assert shown and all(f"{keys['ID'][r][:18]} cell {keys['cell'][r]}<br>" in page for r in shown)

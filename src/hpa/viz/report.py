@@ -178,7 +178,10 @@ def learning_history(csv_path: Path) -> dict[str, list[tuple[float, float]]]:
 
 
 def _caption(data: RunData, row: int, c: int) -> str:
-    key = " ".join(f"{v}" for v in (data.keys[n][row] for n in data.keys))
+    # the ID's start (enough to find it), then the other keys whole (a cell-level run's cell)
+    key = " ".join(
+        str(data.keys[n][row])[:18] if n == "ID" else f"{n} {data.keys[n][row]}" for n in data.keys
+    )
     p = float(data.probs[row, c])
     truth = data.targets[row, c] > 0.5
     what = (
@@ -187,7 +190,7 @@ def _caption(data: RunData, row: int, c: int) -> str:
         else ("false" if p >= THRESHOLD else "absent")
     )
     true = ",".join(str(i) for i in np.flatnonzero(data.targets[row] > 0.5)) or "-"
-    return f"{html.escape(key[:28])}<br>p={p:.2f} {what}<br>true {true}"
+    return f"{html.escape(key)}<br>p={p:.2f} {what}<br>true {true}"
 
 
 def run_report(folder: Path, metrics: Mapping[str, Any], data: RunData) -> str:
