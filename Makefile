@@ -14,7 +14,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 # Unbuffered, so a run that dies (a native crash in CI) still shows how far it got.
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install train test test-fast test-kaggle lint format docs lock build clean
+.PHONY: install train test test-fast test-kaggle lint format docs lock build clean chromium
 
 install: $(STAMP)
 
@@ -59,8 +59,13 @@ docs: install
 # Each process gets one torch thread so that the two do not fight over the cores.
 # TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
-test: install lint docs
+test: install lint docs chromium
 	OMP_NUM_THREADS=1 $(RUN) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+
+# The HTML reports' tests open them in a real headless browser: Debian's chromium, installed
+# when missing (CI runs as root; elsewhere the tests that need it skip).
+chromium:
+	@[ -x /usr/bin/chromium ] || { apt-get update && apt-get install -y chromium; }
 
 # The Kaggle-shaped environment test, for today's image (Python 3.12, kaggle_image.txt) and the
 # next one announced (Python 3.13, torch 2.11, OpenCV 5; scripts/kaggle_env.py): the bundle

@@ -17,30 +17,47 @@
 # %% [markdown]
 # # HPA single-cell classification: look at the data before training
 #
-# Label statistics, four-channel composites, and cells found by hpa's segmenter drawn over the
-# images. On Kaggle attach the competition data and the bundle dataset; locally point
-# `DATA_DIR` at any HPA-format folder (`python -m hpa.synthetic out=DIR` makes one).
+# Label statistics, four-channel composites, cells found by hpa's segmenter drawn over the
+# images, and, when a model is attached, what it predicts for each cell (drawn by the same code
+# as `python -m hpa.show`). On Kaggle attach the competition data and the bundle data set (and
+# a model data set to see predictions): every parameter left at `auto` is found under
+# `/kaggle/input`, as in the other notebooks. Locally point `DATA_DIR` at any HPA-format folder
+# (`python -m hpa.synthetic out=DIR` makes one) and `MODEL_DIR` at a run's `model/` folder.
 
 # %% tags=["parameters"]
-BUNDLE_DIR = "/kaggle/input/hpa-bundle"
-DATA_DIR = "/kaggle/input/hpa-single-cell-image-classification"
+BUNDLE_DIR = "auto"
+DATA_DIR = "auto"
+MODEL_DIR = "auto"  # an exported model; auto: the one attached, if any; None: no predictions
 N_IMAGES = 4
 DISPLAY_SIZE = 512
 SEED = 0
 
 # %%
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 try:
     import hpa  # noqa: F401
 except ImportError:  # a fresh Kaggle session: install from the attached bundle, offline
+    if BUNDLE_DIR == "auto":  # hpa's own search (hpa.kaggle.inputs) is not importable yet
+        root = Path(os.environ.get("HPA_KAGGLE_INPUT") or "/kaggle/input")
+        mounts = ("*", "competitions/*", "datasets/*/*", "notebooks/*/*")
+        found = sorted({str(w.parent) for m in mounts for w in root.glob(f"{m}/hpa-*.whl")})
+        if len(found) != 1:
+            raise SystemExit(
+                f"error: BUNDLE_DIR=auto found {len(found)} folders with hpa-*.whl under {root}; "
+                "attach the bundle data set or set BUNDLE_DIR"
+            )
+        BUNDLE_DIR = found[0]
     pip = [sys.executable, "-m", "pip", "install", "-q"]
     subprocess.run([*pip, "--no-index", "--find-links", BUNDLE_DIR, "hpa"], check=True)
 
 # %%
-from pathlib import Path
+import importlib
 
+importlib.invalidate_caches()  # hpa may have been installed after this kernel started
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -49,9 +66,20 @@ from skimage.segmentation import find_boundaries
 from hpa.data.cells import read_instance_mask
 from hpa.data.images import read_sample
 from hpa.data.records import read_records
+from hpa.errors import InputError
+from hpa.kaggle.inputs import find_models, is_auto, notebook_inputs
 from hpa.labels import CLASS_NAMES, NUM_CLASSES
 from hpa.segment.watershed import WatershedSegmenter
+from hpa.viz.draw import composite
 
+DATA_DIR = notebook_inputs(DATA_DIR=DATA_DIR)["DATA_DIR"]
+if is_auto(MODEL_DIR):  # optional: without a model the predictions section is skipped
+    try:
+        MODEL_DIR = str(find_models()[0])
+        print(f"MODEL_DIR = {MODEL_DIR!r}  (auto)")
+    except InputError:
+        MODEL_DIR = None
+        print("MODEL_DIR = None  (auto: no exported model attached; predictions are skipped)")
 data = Path(DATA_DIR)
 records = read_records(data / "train.csv")
 print(f"{len(records)} images in {data / 'train.csv'}")
@@ -105,12 +133,6 @@ samples = records.iloc[rng.choice(len(records), size=min(N_IMAGES, len(records))
 images = {sid: read_sample(data / "train", sid, DISPLAY_SIZE) for sid in samples["ID"]}
 
 
-def composite(image: np.ndarray) -> np.ndarray:
-    red, green, blue, yellow = (image[..., i].astype(np.float32) for i in range(4))
-    rgb = np.stack([red + yellow / 2, green + yellow / 2, blue], axis=-1)
-    return np.clip(rgb, 0, 255).astype(np.uint8)
-
-
 channels = [("red", "Reds_r"), ("green", "Greens_r"), ("blue", "Blues_r"), ("yellow", "YlOrBr_r")]
 fig, axes = plt.subplots(len(samples), 5, figsize=(20, 4 * len(samples)), squeeze=False)
 for row, (sid, labels) in enumerate(zip(samples["ID"], samples["labels"], strict=True)):
@@ -151,3 +173,52 @@ for row, sid in enumerate(samples["ID"]):
         ax.imshow(overlay)
         ax.set_title(f"{sid[:18]}: {title}, {len(np.unique(cells)) - 1} cells")
 fig.tight_layout()
+
+# %% [markdown]
+# ## Predictions
+# With a model (`MODEL_DIR`), `hpa.predict` scores the cells of these images and writes a
+# submission; `hpa.show` draws it: every submitted cell outlined in the colour of its top class,
+# its top classes and confidences beside it, the green channel alone on the right. Where the
+# folder has ground truth (`masks/` and `cells.csv`, as synthetic sets do), cells are marked
+# matched, wrong class, false or missed at IoU 0.6, as the metric matches them.
+
+# %%
+import tempfile
+
+from hpa.show import show
+
+if MODEL_DIR is None:
+    print("no model: set MODEL_DIR to an exported model folder (a run's model/) to see predictions")
+else:
+    work = Path(tempfile.mkdtemp(prefix="hpa-explore-"))
+    sizes = [read_sample(data / "train", sid).shape[:2] for sid in samples["ID"]]
+    pd.DataFrame(
+        {
+            "ID": samples["ID"],
+            "ImageWidth": [w for _, w in sizes],
+            "ImageHeight": [h for h, _ in sizes],
+            "PredictionString": "",
+        }
+    ).to_csv(work / "sample_submission.csv", index=False)
+    predict = [  # paths quoted for Hydra, so spaces or `=` in them survive
+        f"models=['{MODEL_DIR}']",
+        f"input_dir='{data / 'train'}'",
+        f"sample_submission='{work / 'sample_submission.csv'}'",
+        f"submission='{work / 'submission.csv'}'",
+    ]
+    subprocess.run([sys.executable, "-m", "hpa.predict", *predict], check=True)
+    has_truth = (data / "masks").is_dir() and (data / "cells.csv").is_file()
+    pictures = show(
+        work / "submission.csv",
+        data / "train",
+        work / "pictures",
+        truth_dir=data if has_truth else None,
+        size=DISPLAY_SIZE,
+        progress=False,
+    )
+    for path in pictures:
+        picture = plt.imread(path)
+        fig, ax = plt.subplots(figsize=(16, 16 * picture.shape[0] / picture.shape[1]))
+        ax.imshow(picture)
+        ax.axis("off")
+        fig.tight_layout()

@@ -80,15 +80,29 @@ def test_every_notebook_installs_from_the_bundle_offline(name):
     assert '"--no-index","--find-links",BUNDLE_DIR,"hpa"' in code
 
 
+def test_explore_finds_its_inputs_like_the_others():
+    values = parameters("explore")
+    assert values["BUNDLE_DIR"] == values["DATA_DIR"] == values["MODEL_DIR"] == "auto"
+    assert "/kaggle/input/" not in (NOTEBOOKS / "explore.py").read_text()
+
+
 @pytest.mark.slow
-def test_explore_runs_on_a_synthetic_set(tmp_path):
+def test_explore_runs_on_a_synthetic_set_and_draws_a_models_predictions(tmp_path, monkeypatch):
+    """/kaggle/input holding a synthetic competition set and a model: `auto` finds both, and the
+    predictions section draws each image's cells through hpa.show, marked against the truth."""
     import papermill as pm
 
     from hpa.synthetic.generator import SyntheticConfig, generate_dataset
+    from untrained_model import export_untrained
 
+    root = tmp_path / "input"
     data = generate_dataset(
-        SyntheticConfig(n_images=6, image_size=96, seed=1), tmp_path / "data", progress=False
+        SyntheticConfig(n_images=6, image_size=96, seed=1),
+        root / "competitions" / "hpa-single-cell-image-classification",
+        progress=False,
     )
+    model = export_untrained(root / "datasets" / "me" / "hpa-model")
+    monkeypatch.setenv("HPA_KAGGLE_INPUT", str(root))
     out = tmp_path / "explore.ipynb"
     pm.execute_notebook(
         str(NOTEBOOKS / "explore.ipynb"),
@@ -96,12 +110,7 @@ def test_explore_runs_on_a_synthetic_set(tmp_path):
         kernel_name="python3",
         cwd=str(tmp_path),
         progress_bar=False,
-        parameters={
-            "DATA_DIR": str(data),
-            "N_IMAGES": 2,
-            "DISPLAY_SIZE": 96,
-            "BUNDLE_DIR": "/nonexistent",
-        },
+        parameters={"N_IMAGES": 2, "DISPLAY_SIZE": 96, "BUNDLE_DIR": "/nonexistent"},
     )
     executed = nbformat.read(out, as_version=4)
     pictures = [
@@ -111,11 +120,13 @@ def test_explore_runs_on_a_synthetic_set(tmp_path):
         for o in c.outputs
         if "image/png" in o.get("data", {})
     ]
-    assert len(pictures) >= 4  # labels, co-occurrence, channels, cells
+    assert len(pictures) >= 4 + 2  # labels, co-occurrence, channels, cells; a prediction each
     text = "".join(
         o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs
     )
     assert "6 images" in text
+    assert f"DATA_DIR = {str(data)!r}  (auto)" in text
+    assert f"MODEL_DIR = {str(model)!r}  (auto)" in text
 
 
 # The Kaggle notebooks' own logic, executed cell by cell against a fake /kaggle/input, with the

@@ -272,6 +272,12 @@ RULES: dict[str, dict[str, Rule]] = {
         "iou_threshold": number(gt=0.5, le=1),
         "progress": boolean(),
     },
+    "show": {
+        "size": integer(min=64),
+        "top": integer(min=1),
+        "iou_threshold": number(gt=0.5, le=1),
+        "progress": boolean(),
+    },
     "synthetic": {
         "n_images": integer(min=1),
         "seed": integer(),

@@ -312,6 +312,8 @@ RUN_FILES = (
     ".hydra",
     "oof.csv",
     "plots",
+    "report.html",
+    "report_data.npz",
     "lr_find.png",
     "train.log",
 )

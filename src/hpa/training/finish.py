@@ -135,6 +135,7 @@ def finish_run(
         )
         if collected:
             write_plots_and_oof(module, datamodule, *collected, metrics, out, in_order)
+            write_report(datamodule, *collected, out, in_order)
         log.info(
             "val/mAP %.4f (epoch %d); wrote %s and %s",
             metrics["val/mAP"],
@@ -215,6 +216,41 @@ def write_plots_and_oof(
     with atomic_path(out / "oof.csv") as tmp:
         frame.to_csv(tmp, index=False, float_format="%.5f")
     merge_sweep_oof(out, key=list(keys))
+
+
+def write_report(
+    datamodule: Any, probs: torch.Tensor, targets: torch.Tensor, out: Path, in_order: bool
+) -> Path | None:
+    """out/report.html (hpa.viz.report) and the report_data.npz it is drawn from. A finished
+    run never fails here: a drawing error is one line in the log, and the run's other files
+    stand (`python -m hpa.show run=DIR` retries from report_data.npz once that is written)."""
+    try:
+        from hpa.training.plots import composite
+        from hpa.viz.report import collect, save_run_data, write_run_report
+
+        val_set = datamodule.val_set
+        preview = getattr(val_set, "preview", None)  # a bag of cells: its crops in a grid
+
+        def picture(i: int):
+            return composite(preview(i) if preview else val_set[i][0].numpy())
+
+        keys = val_set.item_keys()
+        if not in_order or len(keys["ID"]) != len(probs):
+            # rows that do not follow the validation set (a debug run's few batches): no
+            # thumbnails, since a row's picture would be another sample's
+            keys, picture = {"row": list(range(len(probs)))}, None
+        data = collect(probs.numpy(), targets.numpy(), keys, picture)
+        save_run_data(out, data)
+        path = write_run_report(out, data)
+    except Exception as err:  # noqa: BLE001 - a report must not fail a finished training
+        log.warning(
+            "report: not written (%s: %s)",
+            type(err).__name__,
+            str(err).splitlines()[0] if str(err) else "",
+        )
+        return None
+    log.info("report: %s", path)
+    return path
 
 
 def predict_dataset(net: torch.nn.Module, dataset: Any, batch_size: int = 64) -> torch.Tensor:
