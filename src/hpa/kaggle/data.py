@@ -216,7 +216,9 @@ def make_plan(
     for size in sizes:
         for image_dir, n in samples.items():
             data = cache_dir(out, image_dir, size) / "data.u8"
-            cache += max(0, n * 4 * size * size - (data.stat().st_size if data.exists() else 0))
+            # blocks, not st_size: the rows file is made full length (sparse) and filled in
+            have = data.stat().st_blocks * 512 if data.exists() else 0
+            cache += max(0, n * 4 * size * size - have)
     images = 0
     if keep_images:
         images = sum(n for name, n in listing.files.items() if MEMBER.match(name))
