@@ -244,6 +244,20 @@ def test_keep_images_unpacks_the_pngs_as_they_are_and_caches_them(
     same_caches(out, reference)
 
 
+def test_images_already_in_the_root_are_completed_and_cached_from_the_files(
+    tmp_path, fake, reference, competition
+):
+    out = tmp_path / "hpa"
+    first = sorted((competition / "unpacked" / "train").iterdir())[0]
+    (out / "train").mkdir(parents=True)
+    (out / "train" / first.name).write_bytes(first.read_bytes())  # unpacked by hand, in part
+    get(out)
+    assert sorted(p.name for p in (out / "train").iterdir()) == sorted(
+        p.name for p in (competition / "unpacked" / "train").iterdir()
+    )
+    same_caches(out, reference)
+
+
 def test_bad_options_stop_with_one_line(tmp_path, fake, capsys):
     with pytest.raises(SystemExit) as stopped:
         main(["data", "--out", str(tmp_path / "hpa"), "--sizes", "4"])

@@ -332,7 +332,13 @@ def get_data(
     with zipfile.ZipFile(archive) as zf:
         dirs = [d for d in IMAGE_DIRS if any(n.startswith(f"{d}/") for n in zf.namelist())]
     for image_dir in dirs:
-        if keep_images:
+        # Images there already (unpacked by hand, a --keep-images run): a cache from the zip would
+        # not match them (hpa.train would call it stale), so the rest are unpacked beside them.
+        if not keep_images and (out / image_dir).is_dir():
+            log(
+                f"{out / image_dir} holds images already: unpacking the rest there and caching them"
+            )
+        if keep_images or (out / image_dir).is_dir():
             extract_images(archive, out, image_dir)
             results = [prepare_cache(out, image_dir, s, workers) for s in sizes]
         else:
