@@ -43,14 +43,16 @@ SOURCE_ONLY = ("antlr4-python3-runtime",)
 # The next image (issue 10): Python 3.13, torch 2.11, timm 1.0.27, opencv 5.0.0.93. The rest
 # are not announced; these are the smallest moves that install on 3.13 from wheels: numpy 2.0.2
 # and pandas 2.2.2 have no cp313 wheels (numpy 2.4 is also what Kaggle's own layer has at times
-# pulled), and the three OpenCV builds move together.
+# pulled). OpenCV as the Colab freeze of 2026-08-19 ships it (issue 25): opencv-python and
+# -headless 5.0.0.93 beside opencv-contrib-python 4.14.0.94, all writing one cv2/; the doctor
+# judges that mix by what hpa does with cv2 (a WARN while every call gives its reference result).
 NEXT_PINS = {
     "torch": "2.11.0",
     "torchvision": "0.26.0",  # the torchvision release paired with torch 2.11
     "timm": "1.0.27",
     "opencv-python": "5.0.0.93",
     "opencv-python-headless": "5.0.0.93",
-    "opencv-contrib-python": "5.0.0.93",
+    "opencv-contrib-python": "4.14.0.94",
     "numpy": "2.4.6",
     "pandas": "2.2.3",
 }

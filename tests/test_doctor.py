@@ -275,7 +275,8 @@ def test_two_packages_writing_one_module_fail_when_hpa_needs_one(tmp_path):
     fake_record(tmp_path, "opencv-python-headless", "4.14.0.94", [so, "cv2/__init__.py"])
     fake_record(tmp_path, "ns-one", "1.0", ["ns/__init__.py", "ns/one.py"])
     fake_record(tmp_path, "ns-two", "1.0", ["ns/__init__.py", "ns/two.py"])  # a namespace: fine
-    (check,) = doctor.check_overlaps([str(tmp_path)], needed={"opencv-python-headless"})
+    needed = {"opencv-python-headless"}
+    (check,) = doctor.check_overlaps([str(tmp_path)], needed=needed, opencv=BROKEN_CV2)
     assert check.status == "FAIL"
     assert check.message.startswith(
         "opencv-python 4.10.0.84 and opencv-python-headless 4.14.0.94 install the same 1 file"
@@ -325,13 +326,87 @@ def test_kaggles_three_opencv_builds_of_one_version_are_one_warning(tmp_path, ca
     assert doctor.check_duplicates([str(tmp_path)]) == []  # three names, not one twice
 
 
-def test_three_opencv_builds_of_two_versions_fail(tmp_path):
+def BROKEN_CV2() -> str:  # noqa: N802  what opencv_problem says of a cv2 the mix broke
+    return "cv2 resize: INTER_AREA by 2 is not the mean of each 2x2 block"
+
+
+def next_image_opencv(site: Path) -> None:
+    """Kaggle's next image: opencv-python and -headless 5.0.0.93 beside -contrib 4.14.0.94."""
     for name, files in OPENCV_FILES.items():
-        version = "5.0.0.93" if name == "opencv-python-headless" else "4.13.0.92"
-        fake_record(tmp_path, name, version, files)
-    (check,) = doctor.check_overlaps([str(tmp_path)], needed={"opencv-python-headless"})
+        version = "4.14.0.94" if name == "opencv-contrib-python" else "5.0.0.93"
+        fake_record(site, name, version, files)
+
+
+def test_the_next_images_opencv_mix_only_warns_while_cv2_works_for_hpa(tmp_path):
+    next_image_opencv(tmp_path)
+    needed = {"opencv-python-headless"}
+    (check,) = doctor.check_overlaps([str(tmp_path)], needed=needed, opencv=lambda: None)
+    assert check.status == "WARN"
+    assert check.message.startswith(
+        "opencv-contrib-python 4.14.0.94, opencv-python 5.0.0.93 and opencv-python-headless "
+        "5.0.0.93 install the same 3 file(s)"
+    )
+    assert "every cv2 call hpa makes gives the reference result: works as is" in check.fix
+
+
+def test_an_opencv_mix_that_breaks_cv2_fails_with_a_fix_that_works_offline(tmp_path):
+    next_image_opencv(tmp_path)
+    needed = {"opencv-python-headless"}
+    (check,) = doctor.check_overlaps([str(tmp_path)], needed=needed, opencv=BROKEN_CV2)
     assert check.status == "FAIL"
-    assert "opencv-python-headless 5.0.0.93" in check.message
+    assert BROKEN_CV2() in check.fix
+    assert "offline: pip install --no-index --no-deps --force-reinstall /kaggle/input/" in check.fix
+    assert "--with-wheel opencv_python_headless-" in check.fix  # how the bundle gets the wheel
+    # With a bundle that carries the wheel, the fix names it.
+    bundle = tmp_path / "bundle"
+    wheel = write_wheel(bundle, "opencv_python_headless-4.14.0.94-cp37-abi3-any.whl", [])
+    (check,) = doctor.check_overlaps(
+        [str(tmp_path)], needed=needed, bundle=str(bundle), opencv=BROKEN_CV2
+    )
+    assert f"offline: pip install --no-index --no-deps --force-reinstall {wheel};" in check.fix
+
+
+def test_other_packages_of_two_versions_writing_one_file_still_fail(tmp_path):
+    fake_record(tmp_path, "pkg-a", "1.0", ["shared/core.so"])
+    fake_record(tmp_path, "pkg-b", "2.0", ["shared/core.so"])
+    (check,) = doctor.check_overlaps([str(tmp_path)], opencv=lambda: None)
+    assert check.status == "FAIL" and "a mix of versions" in check.fix
+
+
+def test_the_cv2_calls_hpa_makes_give_the_reference_results_here():
+    check = standalone.check_opencv()
+    assert check.line() == (
+        "OK   cv2 imports and every cv2 call hpa makes gives the reference result"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "source", "expected"),
+    [
+        (  # the real cv2 with a resize that ignores the interpolation asked for
+            "sitecustomize.py",
+            "import cv2\n_resize = cv2.resize\n"
+            "cv2.resize = lambda img, size, interpolation=None: _resize(img, size, "
+            "interpolation=cv2.INTER_NEAREST)\n",
+            "cv2 resize: INTER_AREA by 2 is not the mean of each 2x2 block",
+        ),
+        (  # a cv2 that kills Python on import (a broken native library)
+            "cv2.py",
+            "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n",
+            "import cv2 kills Python (signal SIGSEGV)",
+        ),
+        (  # a cv2 that does not import
+            "cv2.py",
+            "raise ImportError('libGL.so.1: cannot open shared object file')\n",
+            "import cv2 fails (ImportError: libGL.so.1: cannot open shared object file)",
+        ),
+    ],
+)
+def test_a_broken_cv2_is_named_by_the_call_that_breaks(tmp_path, name, source, expected):
+    (tmp_path / name).write_text(source)
+    problem = standalone.opencv_problem(env=child_env(PYTHONPATH=str(tmp_path)))
+    assert problem is not None and expected in problem
+    assert standalone.check_opencv(problem=lambda: problem).status == "FAIL"
 
 
 # --- the GPU's compute capability against the kernels torch was built with ---------------------

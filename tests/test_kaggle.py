@@ -25,6 +25,7 @@ from hpa.errors import InputError
 from hpa.kaggle.__main__ import main
 from hpa.kaggle.bundle import make_bundle, make_kernels, make_model_dataset
 from hpa.kaggle.image import kaggle_image, parse_image
+from hpa.kaggle.metadata import ACCELERATORS
 from hpa.kaggle.wheels import (
     BundleError,
     PipFetcher,
@@ -323,6 +324,13 @@ def test_kernels_take_the_accelerator_and_pinning_asked_for(tmp_path, capsys):
     assert latest["docker_image_pinning_type"] == "latest"
     l4 = json.loads((tmp_path / "l4" / "hpa-inference" / "kernel-metadata.json").read_text())
     assert l4["machine_shape"] == "NvidiaL4"
+
+
+@pytest.mark.parametrize("accelerator", ACCELERATORS)
+def test_kernels_take_every_accelerator_the_cli_documents(tmp_path, accelerator):
+    main(["kernels", "--out", str(tmp_path), "--user", "me", "--accelerator", accelerator])
+    inference = json.loads((tmp_path / "hpa-inference" / "kernel-metadata.json").read_text())
+    assert inference["machine_shape"] == accelerator
 
 
 def test_model_dataset_copies_an_exported_model(tmp_path):
@@ -726,8 +734,10 @@ def test_kernels_without_the_options_copy_the_notebooks_as_they_are(tmp_path):
     ("args", "expected"),
     [
         # an accelerator Kaggle's torch cannot use
-        (["--accelerator", "NvidiaTeslaP100"], "cannot run"),
+        (["--accelerator", "NvidiaTeslaP100"], "today's torch has no sm_60 kernels"),
         (["--accelerator", "GPU T4 x2"], "machine shape"),
+        # a shape the CLI does not document: the message lists those it does
+        (["--accelerator", "NvidiaTeslaV100"], "NvidiaTeslaT4Highmem, NvidiaL4, NvidiaL4X1"),
         (["--segmenter-weights", "hpacellseg-weights"], "use OWNER/SLUG"),
         (["--predict-option", "combine.method=max"], "--predict-option combine.method=max:"),
     ],

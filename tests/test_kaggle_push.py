@@ -76,9 +76,17 @@ elif args[:2] == ["datasets", "version"]:
     print("Dataset version is being created. Please check progress at https://example.invalid")
 elif args[:2] == ["kernels", "push"]:
     print("Kernel version 7 successfully pushed.  Please check progress at https://example.invalid")
+elif args[:2] == ["kernels", "status"] and os.environ.get("FAKE_KAGGLE_RUNS"):
+    # FAKE_KAGGLE_RUNS=N: running for the first N status calls, then complete
+    state["kernel_status"] = state.get("kernel_status", 0) + 1
+    running = state["kernel_status"] <= int(os.environ["FAKE_KAGGLE_RUNS"])
+    print(args[2] + ' has status "KernelWorkerStatus.' + ("RUNNING" if running else "COMPLETE") + '"')
 elif args[:2] == ["kernels", "status"]:
     print(args[2] + ' has status "KernelWorkerStatus.ERROR"')
     print('Failure message: "RuntimeError: exit status 2"')
+elif args[:2] == ["kernels", "logs"]:  # one more line at each call, as a running kernel's
+    state["log_calls"] = state.get("log_calls", 0) + 1
+    print("".join(f"log line {i}\n" for i in range(1, state["log_calls"] + 1)), end="")
 elif args[:2] == ["kernels", "output"]:
     out = Path(args[args.index("-p") + 1])
     (out / "submission.csv").write_text("ID,ImageWidth,ImageHeight,PredictionString\n")
@@ -86,6 +94,49 @@ elif args[:2] == ["kernels", "output"]:
     print("Output file downloaded to " + str(out / "submission.csv"))
 elif args[:2] == ["competitions", "submit"]:
     print("Successfully submitted to Human Protein Atlas - Single Cell Classification")
+elif args[:2] in (["competitions", "files"], ["competitions", "download"]):
+    # The competition: $FAKE_KAGGLE_COMPETITION/archive.zip (what `download` serves whole) and its
+    # single files; `files -v` lists the zip's members as CSV, in two pages.
+    import zipfile
+    comp = Path(os.environ["FAKE_KAGGLE_COMPETITION"])
+    if args[1] == "files":
+        with zipfile.ZipFile(comp / "archive.zip") as zf:
+            rows = [f"{i.filename},{i.file_size},2021-01-26 12:00:00" for i in zf.infolist()]
+        half = len(rows) // 2
+        if "--page-token" not in args:
+            print("Next Page Token = page-2")
+        print("name,size,creationDate")
+        print("\n".join(rows[half:] if "--page-token" in args else rows[:half]))
+        done(0)
+    folder = Path(args[args.index("-p") + 1])
+    folder.mkdir(parents=True, exist_ok=True)
+    if "-f" in args:
+        name = args[args.index("-f") + 1]
+        (folder / name).write_bytes((comp / name).read_bytes())
+        done(0)
+    data = (comp / "archive.zip").read_bytes()
+    dest = folder / (args[args.index("-c") + 1] + ".zip")
+    have = dest.stat().st_size if dest.exists() else 0
+    if have == len(data):
+        print(dest.name + ": Skipping, found more recently modified local copy")
+        done(0)
+    if have:
+        state.setdefault("resumed_from", []).append(have)
+    # FAKE_KAGGLE_STALL=N:FILE: the first download writes up to byte N, creates FILE and waits
+    # there (a slow connection) until it is killed.
+    stall = os.environ.get("FAKE_KAGGLE_STALL", "")
+    stop = int(stall.split(":")[0]) if stall and not state.get("stalled") else len(data)
+    with open(dest, "ab") as f:
+        f.write(data[have:max(have, stop)])
+        f.flush()
+        os.fsync(f.fileno())
+    if stop < len(data):
+        state["stalled"] = True
+        state_file.write_text(json.dumps(state))
+        Path(stall.split(":", 1)[1]).write_text("stalled")
+        import time
+        while True:
+            time.sleep(1)
 done(0)
 '''
 
@@ -148,7 +199,14 @@ def kaggle(tmp_path, monkeypatch) -> FakeKaggle:
     monkeypatch.setenv("PATH", f"{exe.parent}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_KAGGLE_LOG", str(folder / "calls.jsonl"))
     monkeypatch.setenv("FAKE_KAGGLE_STATE", str(folder / "state.json"))
-    for key in ("FAKE_KAGGLE_FAIL", "FAKE_KAGGLE_SAYS", "FAKE_KAGGLE_EXISTING"):
+    for key in (
+        "FAKE_KAGGLE_FAIL",
+        "FAKE_KAGGLE_SAYS",
+        "FAKE_KAGGLE_EXISTING",
+        "FAKE_KAGGLE_STALL",
+        "FAKE_KAGGLE_RUNS",
+        "FAKE_KAGGLE_COMPETITION",
+    ):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("KAGGLE_USERNAME", "me")
     monkeypatch.setattr(bundle_module, "build_hpa_wheel", fake_hpa_wheel)
@@ -673,3 +731,33 @@ def test_segmenter_weights_not_on_kaggle_stop_before_building(
     assert "dpn_unet_nuclei_v1.pth" in line
     assert all(c["args"][:2] == ["datasets", "status"] for c in kaggle.calls())
     assert not (tmp_path / "dist" / "hpa-bundle").exists()
+
+
+def test_push_passes_the_run_time_limit_when_set(tmp_path, kaggle):
+    model = exported(tmp_path / "a" / "model")
+    push(tmp_path, model)
+    (first,) = [c["args"] for c in kaggle.calls() if c["args"][:2] == ["kernels", "push"]]
+    assert "-t" not in first  # Kaggle's own limit
+    kaggle.forget_calls()
+    push(tmp_path, model, extra=["--timeout", "32400"])
+    (pushed,) = [c["args"] for c in kaggle.calls() if c["args"][:2] == ["kernels", "push"]]
+    assert pushed[pushed.index("-t") + 1] == "32400"
+
+
+def test_logs_shows_the_log_and_follow_shows_new_lines_until_the_kernel_ends(
+    tmp_path, kaggle, monkeypatch, capsys
+):
+    monkeypatch.setattr(push_module, "LOG_POLL_S", 0.0)
+    main(["logs", "--kernel", "me/hpa-inference"])
+    assert capsys.readouterr().out == "log line 1\n"
+    kaggle.forget_calls()
+    monkeypatch.setenv("FAKE_KAGGLE_RUNS", "2")  # running for two looks, then complete
+    main(["logs", "--follow", "--kernel", "me/hpa-inference"])
+    out = capsys.readouterr().out.splitlines()
+    # each line once, in order, though every call returns the whole log so far
+    assert out[:-1] == ["log line 1", "log line 2", "log line 3", "log line 4"]
+    assert "KernelWorkerStatus.COMPLETE" in out[-1]
+    assert [c["args"][:2] for c in kaggle.calls()] == [
+        ["kernels", "status"],
+        ["kernels", "logs"],
+    ] * 3

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from hpa.cli import compose, print_help, setup_logging, wants_help
 from hpa.data.arraycache import DONE
-from hpa.data.cache import CachedImages, keep_freed_memory, open_cache
+from hpa.data.cache import CachedImages, keep_freed_memory, open_cache, open_cache_only
 from hpa.data.dataset import ImageDataset, RawImages, SampleSource
 from hpa.data.images import CHANNELS, channel_path
 from hpa.data.records import read_records
@@ -48,10 +48,15 @@ def bench_loader(cfg: DictConfig) -> dict[str, Any]:
     # measured (1 on a 2-core box), or threads=N.
     configure_threads(cfg.get("threads"), workers=max(opts["workers"], default=0))
     cache_root = data.get("cache_dir")
-    if opts["prepare"]:
+    if opts["prepare"] and (root / image_dir).is_dir():  # a cache-only root has nothing to add
         prepare_cache(root, image_dir, size, cache_root=cache_root)
-    raw = RawImages(root / image_dir, size)
-    cached = open_cache(root, image_dir, size, fallback=raw, cache_root=cache_root)
+    raw: RawImages | None = None
+    if (root / image_dir).is_dir():
+        raw = RawImages(root / image_dir, size)
+        cached = open_cache(root, image_dir, size, fallback=raw, cache_root=cache_root)
+    else:  # a root from `hpa.kaggle data`: the cache is all there is to time
+        cached = open_cache_only(root, image_dir, size, cache_root)
+        _progress(f"raw: not measured, {root / image_dir} is missing (a cache-only data root)")
     if cached is None:
         raise InputError(f"no usable cache for {root / image_dir} at {size} px; run hpa.prepare")
     keep_freed_memory()  # as training does with a cache (hpa.data.datamodule)
@@ -61,16 +66,18 @@ def bench_loader(cfg: DictConfig) -> dict[str, Any]:
 
     per_workers = {}
     for workers in opts["workers"]:
-        raw_rate = throughput(raw, ids, transform, workers, batch_size, opts["raw_batches"])
-        _progress(f"raw   {workers} workers: {raw_rate:9.1f} samples/s")
+        raw_rate = None
+        if raw is not None:
+            raw_rate = throughput(raw, ids, transform, workers, batch_size, opts["raw_batches"])
+            _progress(f"raw   {workers} workers: {raw_rate:9.1f} samples/s")
         cache_rate = throughput(cached, ids, transform, workers, batch_size, opts["cache_batches"])
         _progress(f"cache {workers} workers: {cache_rate:9.1f} samples/s")
         per_workers[str(workers)] = {
-            "raw_samples_per_s": round(raw_rate, 2),
+            "raw_samples_per_s": _rounded(raw_rate),
             "cache_samples_per_s": round(cache_rate, 2),
-            "ratio": round(cache_rate / raw_rate, 2),
+            "ratio": _rounded(raw_rate and cache_rate / raw_rate),
         }
-    best_raw = max(v["raw_samples_per_s"] for v in per_workers.values())
+    best_raw = _rounded(raw and max(v["raw_samples_per_s"] for v in per_workers.values()))
     best_cache = max(v["cache_samples_per_s"] for v in per_workers.values())
     single = single_sample(cached, ids, opts["single_reps"])
     _progress(
@@ -90,10 +97,14 @@ def bench_loader(cfg: DictConfig) -> dict[str, Any]:
         # Best over the worker settings for each; per-setting numbers are under "workers".
         "raw_samples_per_s": best_raw,
         "cache_samples_per_s": best_cache,
-        "ratio": round(best_cache / best_raw, 2),
+        "ratio": _rounded(best_raw and best_cache / best_raw),  # null: no raw images
         "workers": per_workers,
         "single_sample": single,
     }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
 
 
 def _cached_ids(csv_path: Path, cached: CachedImages, limit: int) -> list[str]:
@@ -152,10 +163,10 @@ def single_sample(cached: CachedImages, ids: list[str], reps: int) -> dict[str, 
     }
 
 
-def _warm_page_cache(raw: RawImages, cached: CachedImages, ids: list[str]) -> None:
+def _warm_page_cache(raw: RawImages | None, cached: CachedImages, ids: list[str]) -> None:
     """Read every file once so that raw and cache are both timed from the page cache."""
     for sid in ids:
-        for channel in CHANNELS:
+        for channel in CHANNELS if raw is not None else ():
             channel_path(raw.image_dir, sid, channel).read_bytes()
         cached.load(sid)
 

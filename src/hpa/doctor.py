@@ -14,6 +14,7 @@ as hpa_doctor.py) says why, package by package, without importing hpa.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import signal
@@ -30,7 +31,16 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from hpa.doctor_standalone import Check, image_checks, installed_version, spec_text
+from hpa.doctor_standalone import (
+    OPENCV_DISTS,
+    Check,
+    check_opencv,
+    image_checks,
+    installed_version,
+    opencv_fix,
+    opencv_problem,
+    spec_text,
+)
 from hpa.errors import InputError, exit_on_input_error
 from hpa.kaggle.image import image_text
 
@@ -187,15 +197,23 @@ def check_duplicates(paths: list[str] | None = None, needed: set[str] | None = N
     return checks
 
 
-def check_overlaps(paths: list[str] | None = None, needed: set[str] | None = None) -> list[Check]:
+def check_overlaps(
+    paths: list[str] | None = None,
+    needed: set[str] | None = None,
+    bundle: str | None = None,
+    opencv: Callable[[], str | None] = opencv_problem,
+) -> list[Check]:
     """Two different packages that install the same module file.
 
     opencv-python beside opencv-python-headless both write cv2/: the one installed last
-    overwrote part of the other. Of two versions that makes a mix (FAIL); of one version it is
-    one build over another (WARN: Kaggle's image ships opencv-python, opencv-python-headless and
-    opencv-contrib-python of one version side by side). Packages linked by shared files make one
-    line (one group), reported when one of them is in `needed` (hpa's dependency closure; all
-    when None). `__init__.py` files are skipped: namespace packages legitimately share them.
+    overwrote part of the other. Of one version it is one build over another (WARN: Kaggle's
+    image ships opencv-python, opencv-python-headless and opencv-contrib-python of one version
+    side by side). Of two versions it is a mix: FAIL, except for OpenCV's builds, which are judged
+    by what hpa needs (`opencv`: cv2 imports in a child process and every cv2 call hpa makes gives
+    the reference result): WARN while that holds (Kaggle's next image mixes 5.0 and 4.14), FAIL
+    with a fix that works offline (`bundle`'s wheel) when it breaks. Packages linked by shared
+    files make one line (one group), reported when one of them is in `needed` (hpa's dependency
+    closure; all when None). `__init__.py` files are skipped: namespace packages share them.
     """
     owners: dict[tuple[str, str], set[tuple[str, str]]] = {}
     for name, version, folder, dist in _installed(paths):
@@ -230,6 +248,17 @@ def check_overlaps(paths: list[str] | None = None, needed: set[str] | None = Non
         if len({v for _, v in key}) == 1:
             fix = f"one build over another of the same version: works as is (to tidy up: {tidy})"
             checks.append(Check("WARN", f"overlap:{'+'.join(names)}", text, fix))
+        elif set(names) <= set(OPENCV_DISTS):
+            why = opencv()
+            if why is None:
+                fix = (
+                    "a mix of versions, yet cv2 imports in a child process and every cv2 call hpa "
+                    f"makes gives the reference result: works as is (to tidy up: {tidy})"
+                )
+                checks.append(Check("WARN", f"overlap:{'+'.join(names)}", text, fix))
+            else:
+                fix = f"the mix breaks cv2 for hpa ({why}); {opencv_fix(bundle)}; online: {tidy}"
+                checks.append(Check("FAIL", f"overlap:{'+'.join(names)}", text, fix))
         else:
             fix = f"one overwrote the other, a mix of versions: {tidy}"
             checks.append(Check("FAIL", f"overlap:{'+'.join(names)}", text, fix))
@@ -460,6 +489,7 @@ def run_checks(
     `report`, when given, receives the image's build and drift as data (for --json)."""
     requires, requires_python = requirements if requirements is not None else hpa_requirements()
     needed = dependency_closure()
+    cv2_problem = functools.cache(opencv_problem)  # one child run for both OpenCV judgements
     image, image_info = image_checks(image_text(), version_of)
     if report is not None:
         report["image"] = image_info
@@ -468,10 +498,12 @@ def run_checks(
         check_system(),
         *image,
         *check_duplicates(needed=needed),
-        *check_overlaps(needed=needed),
+        *check_overlaps(needed=needed, bundle=bundle, opencv=cv2_problem),
     ]
     imports = check_imports()
     checks += imports
+    if not any(c.name == "import:cv2" for c in imports):  # cv2 as hpa uses it, judged once
+        checks.append(check_opencv(bundle, cv2_problem))
     crashed = any(c.name == "import:torch" for c in imports)
     checks += [] if crashed else check_gpu()  # importing torch here would kill the doctor too
     checks += check_requirements(requires, version_of, bundle)

@@ -318,6 +318,215 @@ def check_bundle_install(
     return list(checks.values())
 
 
+# --- OpenCV: judged by what hpa does with it, not by which wheels wrote cv2/ --------------------
+
+# Every cv2 call hpa makes (src/hpa: images, transforms, dataset, synthetic, segment), each against
+# a result known without OpenCV (numpy), in a child Python so that a cv2 that kills the process
+# is named, not fatal. One JSON line per step: {"start": name}, then {"ok": name} or {"bad": ...}.
+OPENCV_PROBE = r"""
+import json, os, sys, tempfile
+import numpy as np
+
+def say(**event):
+    print(json.dumps(event), flush=True)
+
+say(start="import cv2")
+import cv2
+say(ok="import cv2", version=cv2.__version__)
+rng = np.random.default_rng(0)
+
+def png(depth):
+    a = rng.integers(0, 256 if depth == 8 else 65536, (37, 41)).astype(f"uint{depth}")
+    ok, buf = cv2.imencode(".png", a, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    b = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if not ok or b is None or b.dtype != a.dtype or not np.array_equal(a, b):
+        return f"a {depth}-bit PNG does not come back as it was written"
+
+def files():
+    a = rng.integers(0, 65536, (16, 24)).astype(np.uint16)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "x_red.png")
+        if not cv2.imwrite(path, a):
+            return "cv2.imwrite wrote nothing"
+        b = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if b is None or not np.array_equal(a, b):
+        return "cv2.imread does not read back what cv2.imwrite wrote"
+
+def jpeg():
+    a = np.tile(np.linspace(0, 255, 64, dtype=np.uint8), (64, 1))
+    ok, buf = cv2.imencode(".jpg", a, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    b = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if not ok or b is None or b.shape != a.shape or np.abs(b.astype(int) - a).mean() > 3:
+        return "a JPEG at quality 95 does not decode close to its source"
+
+def resize():
+    a = (rng.integers(0, 64, (32, 48, 4)) * 4).astype(np.uint8)  # 2x2 block sums divide by 4
+    block = a.reshape(16, 2, 24, 2, 4).astype(int).sum(axis=(1, 3)) // 4
+    if not np.array_equal(cv2.resize(a, (24, 16), interpolation=cv2.INTER_AREA), block):
+        return "INTER_AREA by 2 is not the mean of each 2x2 block"
+    up = cv2.resize(a, (96, 64), interpolation=cv2.INTER_NEAREST)
+    if not np.array_equal(up, a.repeat(2, axis=0).repeat(2, axis=1)):
+        return "INTER_NEAREST by 2 does not repeat each pixel"
+    flat = np.full((20, 30, 4), 77, np.uint8)
+    for how in (cv2.INTER_LINEAR, cv2.INTER_CUBIC, cv2.INTER_AREA):
+        if not (cv2.resize(flat, (45, 33), interpolation=how) == 77).all():
+            return f"interpolation {how} changes a flat image"
+
+def rotate():
+    a = rng.integers(0, 256, (5, 7, 4)).astype(np.uint8)
+    want = {cv2.ROTATE_90_COUNTERCLOCKWISE: 1, cv2.ROTATE_180: 2, cv2.ROTATE_90_CLOCKWISE: 3}
+    for code, k in want.items():
+        if not np.array_equal(cv2.rotate(a, code), np.rot90(a, k)):
+            return f"cv2.rotate code {code} is not np.rot90 by {k}"
+
+def lut():
+    a = rng.integers(0, 256, (9, 11, 4)).astype(np.uint8)
+    table = rng.integers(0, 256, (256, 4)).astype(np.uint8)
+    if not np.array_equal(cv2.LUT(a[..., 0], table[:, 0]), table[a[..., 0], 0]):
+        return "cv2.LUT of one plane is not a table look-up"
+    got = cv2.LUT(a, np.ascontiguousarray(table.reshape(1, 256, 4))).reshape(a.shape)
+    if not np.array_equal(got, np.stack([table[a[..., c], c] for c in range(4)], axis=-1)):
+        return "cv2.LUT with one table per channel is not a look-up per channel"
+
+def split():
+    a = rng.integers(0, 256, (6, 8, 4)).astype(np.uint8)
+    out = np.empty((4, 6, 8), np.uint8)
+    cv2.split(a, list(out))
+    if not np.array_equal(out, a.transpose(2, 0, 1)):
+        return "cv2.split into given planes is not channels-first"
+
+def blur():
+    flat = np.full((40, 40), 0.5, np.float32)
+    if np.abs(cv2.GaussianBlur(flat, (0, 0), 1.5) - 0.5).max() > 1e-5:
+        return "GaussianBlur changes a flat image"
+    dot = np.zeros((41, 41), np.float32)
+    dot[20, 20] = 1
+    b = cv2.GaussianBlur(dot, (0, 0), 2.0)
+    if abs(b.sum() - 1) > 1e-3 or not np.allclose(b, b.T, atol=1e-6) or b.argmax() != 20 * 41 + 20:
+        return "GaussianBlur of a dot is not a centred, symmetric kernel of sum 1"
+
+def distance():
+    mask = np.pad(np.ones((9, 9), np.uint8), 1)
+    d = cv2.distanceTransform(mask, cv2.DIST_L2, 3)
+    if d[0, 0] != 0 or abs(d[1, 5] - 0.955) > 1e-3 or abs(d[5, 5] - 5 * 0.955) > 1e-2:
+        return "distanceTransform (L2, 3x3) is not 0.955 per step"
+
+def draw():
+    a = np.zeros((41, 41), np.uint8)
+    cv2.circle(a, (20, 20), 10, 255, -1)
+    if abs((a > 0).sum() / (np.pi * 100) - 1) > 0.1 or not np.array_equal(a, a.T):
+        return "a filled circle is not round"
+    b = np.zeros((41, 41), np.uint8)
+    cv2.ellipse(b, (20, 20), (12, 6), 0, 0, 360, 255, -1)
+    if abs((b > 0).sum() / (np.pi * 72) - 1) > 0.2 or b[20, 31] == 0 or b[27, 20] != 0:
+        return "a filled ellipse does not have its axes"
+    c = np.zeros((20, 20), np.uint8)
+    cv2.line(c, (2, 5), (15, 5), 255, 1)
+    if not (c[5, 2:16] == 255).all() or c.sum() != 14 * 255:
+        return "a horizontal line is not the pixels between its ends"
+    d = np.zeros((20, 20), np.uint8)
+    square = np.array([[3, 3], [12, 3], [12, 12], [3, 12]], np.int32)
+    cv2.polylines(d, [square], True, 255, 1)
+    if (d > 0).sum() != 36 or d[3, 3] == 0 or d[7, 7] != 0:
+        return "a closed polyline is not the square's outline"
+    e = np.zeros((41, 41), np.uint8)
+    cv2.circle(e, (20, 20), 8, 255, 1, cv2.LINE_AA)
+    if e[20, 28] == 0 or e[20, 20] != 0:
+        return "an anti-aliased circle is not on its radius"
+
+def threads():
+    cv2.setNumThreads(1)
+
+for name, fn in [
+    ("setNumThreads", threads), ("PNG 8-bit", lambda: png(8)), ("PNG 16-bit", lambda: png(16)),
+    ("imwrite/imread", files), ("JPEG", jpeg), ("resize", resize), ("rotate", rotate),
+    ("LUT", lut), ("split", split), ("GaussianBlur", blur), ("distanceTransform", distance),
+    ("drawing", draw),
+]:
+    say(start=name)
+    try:
+        why = fn()
+    except Exception as err:
+        why = f"{type(err).__name__}: {err}"
+    say(**({"bad": name, "why": why} if why else {"ok": name}))
+"""
+OPENCV_DISTS = (
+    "opencv-python",
+    "opencv-python-headless",
+    "opencv-contrib-python",
+    "opencv-contrib-python-headless",
+)
+OPENCV_WHEEL = "opencv-python-headless"  # what hpa requires; the bundle can carry its wheel
+
+
+def opencv_problem(env: Mapping[str, str] | None = None, timeout: float = 300) -> str | None:
+    """What breaks when hpa uses cv2 here, in one phrase; None when every call gives the
+    reference result. Runs OPENCV_PROBE in a child Python (`env`: its environment)."""
+    import signal
+    import subprocess
+
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", OPENCV_PROBE],
+            capture_output=True,
+            text=True,
+            env=None if env is None else dict(env),
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        return f"the cv2 checks took over {timeout:.0f} s"
+    started, bad = None, []
+    for line in proc.stdout.splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if "start" in event:
+            started = event["start"]
+        elif "ok" in event:
+            started = None
+        elif "bad" in event:
+            started = None
+            bad.append(f"cv2 {event['bad']}: {event['why']}")
+    last = proc.stderr.strip().splitlines()
+    if proc.returncode > 0 and started == "import cv2":  # an exception: its last line says why
+        bad.append(f"import cv2 fails ({last[-1] if last else proc.returncode})")
+    elif proc.returncode != 0 and started is not None:
+        how = f"exit status {proc.returncode}"
+        if proc.returncode < 0:
+            how = f"signal {signal.Signals(-proc.returncode).name}"
+        bad.append(f"{started} kills Python ({how})")
+    elif proc.returncode != 0 and not bad:
+        bad.append(last[-1] if last else f"the cv2 checks ended with exit status {proc.returncode}")
+    return "; ".join(bad) or None
+
+
+def opencv_fix(bundle: str | Path | None = None) -> str:
+    """A fix that works with Internet off: reinstall hpa's OpenCV build from the bundle's wheel."""
+    wheels = bundle_wheels(Path(bundle)).get(OPENCV_WHEEL, []) if bundle else []
+    if wheels:
+        where = str(next((w for w in wheels if w.fits), wheels[0]).path)
+        how = ""
+    else:
+        where = f"/kaggle/input/<bundle>/{OPENCV_WHEEL.replace('-', '_')}-*.whl"
+        how = (
+            f" (the bundle carries it when built with --with-wheel {OPENCV_WHEEL.replace('-', '_')}"
+            f"-VERSION-*.whl, from pip download --no-deps {OPENCV_WHEEL})"
+        )
+    return f"offline: pip install --no-index --no-deps --force-reinstall {where}{how}"
+
+
+def check_opencv(
+    bundle: str | Path | None = None, problem: Callable[[], str | None] = opencv_problem
+) -> Check:
+    """cv2 as hpa uses it: FAIL only when a call hpa makes breaks, with an offline fix."""
+    why = problem()
+    if why is None:
+        text = "cv2 imports and every cv2 call hpa makes gives the reference result"
+        return Check("OK", "opencv", text)
+    return Check("FAIL", "opencv", f"cv2 is broken for hpa: {why}", opencv_fix(bundle))
+
+
 def find_hpa_wheel(bundle: Path) -> Path:
     found = bundle_wheels(bundle).get("hpa", [])
     if not found:
@@ -335,6 +544,8 @@ def run_checks(
     checks = [check_python_for(requires_python, wheel.name)]
     checks += check_bundle_install(requires, bundle_wheels(bundle), version_of)
     image, info = image_checks(image_text, version_of, environ)
+    if version_of(OPENCV_WHEEL) or any(version_of(d) for d in OPENCV_DISTS):
+        checks.append(check_opencv(bundle))  # the judgement hpa.doctor makes, the same way
     return checks + image, {"wheel": wheel.name, "image": info}
 
 

@@ -114,7 +114,17 @@ def check_required(cfg: DictConfig) -> None:
             "input_dir=DIR sample_submission=FILE submission=OUT.csv (or KEY=auto on Kaggle)"
         )
     find_auto_inputs(cfg)
-    if not Path(cfg.input_dir).is_dir():
+    folder = Path(cfg.input_dir)
+    if not folder.is_dir():
+        from hpa.data.cache import cached_sizes
+
+        root = folder.parent
+        if cached_sizes(root, folder.name):  # a root from `hpa.kaggle data`: no raw images
+            raise InputError(
+                f"input_dir={folder} is missing: {root} holds only resized caches, and predict "
+                "segments and encodes cells at full resolution from the raw images; get them "
+                f"with `python -m hpa.kaggle data --out {root} --keep-images`"
+            )
         raise InputError(
             f"input_dir={cfg.input_dir} is not a folder of {{ID}}_{{red,green,blue,yellow}} images"
         )

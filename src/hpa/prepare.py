@@ -30,7 +30,7 @@ from tqdm import tqdm
 from hpa import __version__
 from hpa.cli import compose, setup_logging
 from hpa.data.arraycache import BAD, DONE, TODO, ArrayCache, CacheError, Diff, write_row
-from hpa.data.cache import cache_dir, image_manifest, scan_sources
+from hpa.data.cache import archive_hint, cache_dir, cached_sizes, image_manifest, scan_sources
 from hpa.data.images import CHANNELS, channel_path, read_channel, read_sample
 from hpa.errors import InputError, exit_on_input_error
 from hpa.fsio import atomic_path, disk_full_as_error, size_text
@@ -85,6 +85,13 @@ def prepare_cache(
         raise InputError(f"data.image_size={size!r}: use a whole number of pixels, e.g. 512")
     source = Path(root) / image_dir
     if not source.is_dir():
+        sizes = cached_sizes(root, image_dir, cache_root)
+        if sizes:  # a root from `hpa.kaggle data`: decoded from the zip, nothing to read here
+            raise InputError(
+                f"missing image folder {source}: {root} holds caches at "
+                f"{', '.join(map(str, sizes))} px made from the competition's zip; for {size} px "
+                f"run `{archive_hint(root, size)}`"
+            )
         raise InputError(f"missing image folder {source}; set data.root (and data.image_dir)")
     sources = scan_sources(source)
     if not sources:
@@ -92,8 +99,8 @@ def prepare_cache(
             f"no images named {{ID}}_{{{','.join(CHANNELS)}}}.png (or .tif, .jpg) in {source}"
         )
     folder = cache_dir(root, image_dir, size, cache_root=cache_root)
-    with _writing(folder):
-        cache = _open_or_create(folder, image_manifest(image_dir, size), source)
+    with writing_cache(folder):
+        cache = open_or_create(folder, image_manifest(image_dir, size), source)
         diff = cache.sync(sources)
         known_bad = read_report(cache.report_path)
         # A bad row whose reason was lost (report deleted) is simply tried again.
@@ -102,7 +109,7 @@ def prepare_cache(
             cache.keys[r]: known_bad[cache.keys[r]] for r in cache.live_rows(BAD) if r not in retry
         }
         todo = cache.live_rows(TODO) + retry
-        _check_space(cache, len(todo))
+        check_space(cache, len(todo))
         new_bad = _run(cache, source, size, todo, workers or os.cpu_count() or 1)
         bad.update(new_bad)
         if bad != known_bad or not cache.report_path.exists():  # a no-op run touches nothing
@@ -127,7 +134,7 @@ def prepare_cache(
     return result
 
 
-def _open_or_create(folder: Path, expect: dict, source: Path) -> ArrayCache:
+def open_or_create(folder: Path, expect: dict, source: Path) -> ArrayCache:
     try:
         return ArrayCache.open(folder, expect)
     except CacheError as err:
@@ -142,7 +149,7 @@ def _open_or_create(folder: Path, expect: dict, source: Path) -> ArrayCache:
 
 
 @contextlib.contextmanager
-def _writing(folder: Path) -> Iterator[None]:
+def writing_cache(folder: Path) -> Iterator[None]:
     """A cache that cannot be written (read-only, a file in the way, a full disk): one line."""
     try:
         with disk_full_as_error(folder):
@@ -154,7 +161,7 @@ def _writing(folder: Path) -> Iterator[None]:
         ) from None
 
 
-def _check_space(cache: ArrayCache, rows: int) -> None:
+def check_space(cache: ArrayCache, rows: int) -> None:
     need, free = rows * cache.row_bytes, shutil.disk_usage(cache.folder).free
     if need > free:
         raise InputError(

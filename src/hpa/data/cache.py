@@ -31,6 +31,7 @@ import numpy as np
 
 from hpa.data.arraycache import DONE, TODO, ArrayCache, CacheError  # noqa: F401
 from hpa.data.images import CHANNELS, EXTENSIONS
+from hpa.errors import InputError
 
 if TYPE_CHECKING:  # the protocol only; importing dataset would pull torch into prepare's workers
     from hpa.data.dataset import SampleSource
@@ -75,6 +76,39 @@ def prepare_hint(root: str | Path, image_dir: str, size: int, cache_root=None) -
         f"python -m hpa.prepare data.root={root} data.image_dir={image_dir} "
         f"data.image_size={size}{where}"
     )
+
+
+def archive_hint(root: str | Path, size: int) -> str:
+    """The command that adds a size to a data root made from the competition's archive."""
+    return f"python -m hpa.kaggle data --out {root} --sizes {size}"
+
+
+def cached_sizes(root: str | Path, image_dir: str, cache_root: str | Path | None = None) -> list:
+    """The sizes (px) at which root/image_dir has a finished image cache."""
+    base = cache_dir(root, image_dir, 0, cache_root=cache_root).parent
+    prefix = cache_dir(root, image_dir, 0, cache_root=cache_root).name[:-1]
+    if not base.is_dir():
+        return []
+    found = (
+        p.name[len(prefix) :]
+        for p in base.iterdir()
+        if p.name.startswith(prefix) and (p / "manifest.json").is_file()
+    )
+    return sorted(int(s) for s in found if s.isdigit())
+
+
+class NoRawImages:
+    """The fallback of a cache-only data root (`hpa.kaggle data` without --keep-images)."""
+
+    def __init__(self, image_dir: str | Path, size: int, hint: str):
+        self.image_dir, self.size, self.hint = Path(image_dir), size, hint
+        self.description = f"no raw images ({self.image_dir} is missing)"
+
+    def load(self, sample_id: str) -> np.ndarray:
+        raise InputError(
+            f"sample {sample_id} is not in the {self.size} px cache and there are no raw images "
+            f"in {self.image_dir}; run `{self.hint}` to finish the cache"
+        )
 
 
 def scan_sources(folder: str | Path) -> dict[str, str]:
@@ -145,7 +179,9 @@ def open_cache(
     except CacheError as err:
         log.warning("data: not using the cache: %s; re-run `%s`. Reading raw files.", err, hint)
         return None
-    diff = cache.diff(scan_sources(Path(root) / image_dir))
+    # A cache-only root (made from the competition's zip, no raw images): nothing to compare.
+    source = Path(root) / image_dir
+    diff = cache.diff(scan_sources(source)) if source.is_dir() else None
     if diff:
         log.warning(
             "data: cache %s is stale, its source files differ: %s; re-run `%s`. Reading raw files.",
@@ -181,3 +217,29 @@ def keep_freed_memory() -> None:
         return
     mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: keep up to 1 GiB of freed heap
     mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: serve arrays up to 32 MiB from the heap
+
+
+def open_cache_only(
+    root: str | Path, image_dir: str, size: int, cache_root: str | Path | None = None
+) -> CachedImages:
+    """The cache of a root without raw images (root/image_dir missing); one line if it has none.
+
+    Such a root comes from `python -m hpa.kaggle data`: caches and CSVs, no PNGs. A size it was
+    not made at cannot be read; the message names the command that makes it.
+    """
+    folder = Path(root) / image_dir
+    hint = archive_hint(root, size)
+    cached = open_cache(root, image_dir, size, NoRawImages(folder, size, hint), cache_root)
+    if cached is not None:
+        return cached
+    sizes = cached_sizes(root, image_dir, cache_root)
+    if not sizes:
+        raise InputError(
+            f"missing image folder {folder}; set data.root (and data.image_dir) to your data, "
+            f"or get the competition's data with `{hint}`"
+        )
+    raise InputError(
+        f"{root} has no raw images ({folder} is missing), only caches at "
+        f"{', '.join(map(str, sizes))} px; for data.image_size={size} run `{hint}` (or unpack the "
+        "images there and run python -m hpa.prepare)"
+    )

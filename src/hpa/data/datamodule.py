@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
+from hpa.data.arraycache import DONE
 from hpa.data.bags import BagDataset
-from hpa.data.cache import CachedImages, keep_freed_memory, open_cache
+from hpa.data.cache import CachedImages, keep_freed_memory, open_cache, open_cache_only
 from hpa.data.cell_cache import build_cell_cache
 from hpa.data.cells import CellDataset, read_cell_targets
 from hpa.data.dataset import ImageDataset, RawImages, SampleSource, negative_augment
@@ -30,13 +32,27 @@ def open_source(
 ) -> SampleSource:
     """The fastest available source for this data set and size: a matching cache, else raw files."""
     folder = root / image_dir
-    if not folder.is_dir():
-        raise InputError(
-            f"missing image folder {folder}; set data.root (and data.image_dir) to your data"
-        )
+    if not folder.is_dir():  # a root from `hpa.kaggle data`: its caches, or one line
+        return open_cache_only(root, image_dir, size, cache_root)
     raw = RawImages(folder, size)
     # A cache is used only if it matches the files on disk; open_cache logs why it is not.
     return open_cache(root, image_dir, size, fallback=raw, cache_root=cache_root) or raw
+
+
+def cached_records(records: pd.DataFrame, source: CachedImages) -> pd.DataFrame:
+    """The rows of a cache-only root's CSV that its cache holds; the rest skipped, logged."""
+    cache = source.cache
+    done = [sid in cache.rows and cache.state[cache.rows[sid]] == DONE for sid in records["ID"]]
+    kept = records[done].reset_index(drop=True)
+    if len(kept) < len(records):
+        skipped = records["ID"][[not d for d in done]].tolist()
+        log.warning(
+            "data: skipping %d samples the cache does not hold (bad in the archive, see %s): %s",
+            len(skipped),
+            cache.report_path,
+            ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""),
+        )
+    return kept
 
 
 def init_worker(worker_id: int) -> None:
@@ -140,10 +156,18 @@ class HPADataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         if self.level in ("cell", "bag"):  # crop once, on one process per node
             ids = read_records(self.root / self.train_csv)["ID"].tolist()
-            self._check_raw_images(ids)
+            if (self.root / self.image_dir).is_dir():
+                self._check_raw_images(ids)
             self._cell_cache(ids)
 
     def _cell_cache(self, ids: list[str]):
+        folder = self.root / self.image_dir
+        if not folder.is_dir():  # a cache-only root (hpa.kaggle data): whole images, no crops
+            raise InputError(
+                f"data.level={self.level} crops cells from the raw images, and {folder} is "
+                f"missing; get them with `python -m hpa.kaggle data --out {self.root} "
+                "--keep-images`, or train whole images (data=default)"
+            )
         return build_cell_cache(
             self.root,
             ids,
@@ -161,6 +185,12 @@ class HPADataModule(pl.LightningDataModule):
         if self.records is not None:
             return
         records = read_records(self.root / self.train_csv)
+        raw_there = (self.root / self.image_dir).is_dir()
+        if not raw_there and self.level != "image":
+            self._cell_cache([])  # says what a cache-only root cannot do, in one line
+        source = open_source(self.root, self.image_dir, self.image_size, self.cache_dir)
+        if not raw_there:  # nothing to decode a sample from: train on what the cache holds
+            records = cached_records(records, source)
         y = targets(records)
         if self.group_column and self.group_column in records.columns:
             groups = records[self.group_column]
@@ -172,13 +202,12 @@ class HPADataModule(pl.LightningDataModule):
                 )
             records["fold"] = stratified_folds(y, self.n_folds, self.fold_seed)
         self.records = records
-        source = open_source(self.root, self.image_dir, self.image_size, self.cache_dir)
         log.info("data: %s", source.description)
         if isinstance(source, CachedImages):
             # A process-wide malloc setting, made here in plain sight: ~1.3x cached samples/s
             # (see keep_freed_memory); forked DataLoader workers inherit it.
             keep_freed_memory()
-        if isinstance(source, RawImages) or self.level != "image":
+        if isinstance(source, RawImages) or (self.level != "image" and raw_there):
             self._check_raw_images(records["ID"].tolist())
         train = np.flatnonzero(records["fold"].to_numpy() != self.fold)
         val = np.flatnonzero(records["fold"].to_numpy() == self.fold)

@@ -49,10 +49,18 @@ def read_channel(path: str | Path) -> np.ndarray:
     if not path.exists():
         raise InputError(f"missing image {path}")
     check_regular_file(path, "image")  # a FIFO would block imread forever
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    return _as_plane(cv2.imread(str(path), cv2.IMREAD_UNCHANGED), path)
+
+
+def decode_channel(data: bytes, name: str | Path) -> np.ndarray:
+    """read_channel for a file's bytes (e.g. a member of the competition's zip), same pixels."""
+    return _as_plane(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED), name)
+
+
+def _as_plane(image: np.ndarray | None, name: str | Path) -> np.ndarray:
     if image is None or image.size == 0:
         raise InputError(
-            f"cannot decode {path}: the file is corrupt or not an image; re-download or remove it"
+            f"cannot decode {name}: the file is corrupt or not an image; re-download or remove it"
         )
     if image.ndim == 3:
         image = image[..., :3].max(axis=2)
@@ -64,10 +72,17 @@ def read_sample(image_dir: str | Path, sample_id: str, size: int | None = None) 
     planes = []
     for channel in CHANNELS:
         path = channel_path(image_dir, sample_id, channel)
-        planes.append((path, read_channel(path)))
+        planes.append((path.name, read_channel(path)))
+    return stack_sample(planes, sample_id, size)
+
+
+def stack_sample(
+    planes: list[tuple[str, np.ndarray]], sample_id: str, size: int | None = None
+) -> np.ndarray:
+    """(file name, plane) per channel in CHANNELS order -> H x W x 4, resized like read_sample."""
     shapes = {plane.shape for _, plane in planes}
     if len(shapes) > 1:
-        detail = ", ".join(f"{p.name}: {a.shape[1]}x{a.shape[0]}" for p, a in planes)
+        detail = ", ".join(f"{name}: {a.shape[1]}x{a.shape[0]}" for name, a in planes)
         raise InputError(
             f"channel sizes disagree for sample {sample_id} ({detail}); re-export the sample"
         )

@@ -6,6 +6,10 @@
     python -m hpa.kaggle status                      # the pushed notebook's run
     python -m hpa.kaggle output --out DIR            # its output (submission.csv, log)
     python -m hpa.kaggle submit --message M          # its submission.csv to the competition
+    python -m hpa.kaggle logs [--follow]             # its log, as it runs
+
+    python -m hpa.kaggle data --out DIR [--sizes 512 ...]  # the competition's zip -> the cache
+        [--keep-images] [--delete-archive] [--archive-dir DIR2]
 
     python -m hpa.kaggle bundle --out DIR            # wheels for an offline `pip install hpa`
         [--with-hpacellseg [WHEEL]] [--with-wheel WHEEL]  # + wheels installed with --no-deps
@@ -49,6 +53,9 @@ HINTS = {
     "are not uploaded twice)",
     "status": "run the same command again",
     "submit": "run `python -m hpa.kaggle status`, then submit again if nothing was submitted",
+    "logs": "run the same command again",
+    "data": "the downloaded part of the archive and the finished rows of the caches are kept; "
+    "run the same command again to go on",
 }
 
 
@@ -135,6 +142,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     push.add_argument("--accelerator", **kernel_opts["accelerator"])
     push.add_argument("--pinning", **kernel_opts["pinning"])
     push.add_argument("--wait", type=float, default=900.0, help="seconds to wait for uploads")
+    push.add_argument(
+        "--timeout",
+        type=int,
+        metavar="SECONDS",
+        help="the kernel's run time limit (kaggle kernels push -t; default: Kaggle's)",
+    )
     add_no_deps_options(push)
     add_inference_options(push)
 
@@ -146,10 +159,32 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     submit = sub.add_parser("submit", help="submit the pushed notebook's submission.csv")
     submit.add_argument("--message", required=True)
     submit.add_argument("--version", type=int, help="kernel version (default: the last push's)")
-    for cmd in (status, output, submit):
+    logs = sub.add_parser("logs", help="the pushed notebook's log (kaggle kernels logs)")
+    logs.add_argument("--follow", action="store_true", help="new lines as it runs, until it ends")
+    for cmd in (status, output, submit, logs):
         cmd.add_argument("--kernel", **kernel)
         cmd.add_argument("--pushed", **pushed)
         cmd.add_argument("--user", **user)
+
+    data = sub.add_parser(
+        "data", help="the competition's files, decoded straight from the zip into the cache"
+    )
+    data.add_argument(
+        "--out", type=Path, required=True, help="the data root to fill (train.csv, .hpa_cache/)"
+    )
+    data.add_argument(
+        "--sizes", type=int, nargs="+", default=[512], metavar="PX", help="cache sizes (512)"
+    )
+    data.add_argument(
+        "--keep-images", action="store_true", help="also unpack the PNGs into OUT/train, OUT/test"
+    )
+    data.add_argument(
+        "--delete-archive",
+        action="store_true",
+        help="remove the archive once every cache is complete (kept by default)",
+    )
+    data.add_argument("--archive-dir", type=Path, help="where the ~160 GB archive goes (OUT)")
+    data.add_argument("--workers", type=int, help="decoding processes (default: every core)")
 
     bundle = sub.add_parser("bundle", help="hpa's wheel + every dependency Kaggle's image lacks")
     bundle.add_argument("--out", type=Path, required=True, help="folder to write (replaced whole)")
@@ -194,6 +229,18 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    if args.command == "data":
+        from hpa.kaggle.data import get_data  # decoding (cv2, the cache) only for this command
+
+        get_data(
+            args.out,
+            args.sizes,
+            args.keep_images,
+            args.delete_archive,
+            args.archive_dir,
+            args.workers,
+        )
+        return
     if args.command == "push":
         pushing.push(
             args.model,
@@ -209,12 +256,15 @@ def run(args: argparse.Namespace) -> None:
             wheels=args.with_wheel,
             segmenter_weights=args.segmenter_weights,
             predict_options=args.predict_option,
+            run_timeout=args.timeout,
         )
         return
-    if args.command in ("status", "output", "submit"):
+    if args.command in ("status", "output", "submit", "logs"):
         kernel = pushing.pushed_kernel(args.pushed, args.kernel, args.user)
         if args.command == "status":
             pushing.status(kernel)
+        elif args.command == "logs":
+            pushing.logs(kernel, args.follow)
         elif args.command == "output":
             pushing.output(kernel, args.out)
         else:

@@ -20,10 +20,21 @@ OWNER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,49}$")  # a user name (or organ
 
 
 # The GPU a pushed notebook asks for (kernel-metadata.json's `machine_shape`, which the kaggle CLI
-# passes on unchecked). T4: Kaggle's torch (cu128, sm_75 and up) runs on it; the P100 (sm_60) it
-# cannot, and Kaggle has retired that shape anyway.
+# passes on unchecked): the shapes `kaggle kernels push --accelerator` documents today. T4: Kaggle's
+# torch (cu128, sm_75 and up) runs on it; the P100 (sm_60) it cannot.
 DEFAULT_ACCELERATOR = "NvidiaTeslaT4"
-UNUSABLE_ACCELERATORS = {"nvidiateslap100": "a P100 (sm_60), which Kaggle's cu128 torch cannot run"}
+ACCELERATORS = (
+    "NvidiaTeslaT4",
+    "NvidiaTeslaT4Highmem",
+    "NvidiaL4",
+    "NvidiaL4X1",
+    "NvidiaTeslaA100",
+    "NvidiaH100",
+    "NvidiaRtxPro6000",
+)
+UNUSABLE_ACCELERATORS = {
+    "nvidiateslap100": "a P100 (sm_60): today's torch has no sm_60 kernels and cannot run on it"
+}
 # `original`: every new version of a pushed notebook keeps the Docker image of its first version,
 # the image kaggle_image.txt and the bundle were checked against; a later image (another torch)
 # cannot break it. `latest` takes the current image: use it after updating kaggle_image.txt to it.
@@ -63,6 +74,11 @@ def check_accelerator(accelerator: str) -> str:
     why = UNUSABLE_ACCELERATORS.get(accelerator.lower())
     if why:
         raise InputError(f"--accelerator {accelerator} asks for {why}; use {DEFAULT_ACCELERATOR}")
+    if accelerator not in ACCELERATORS:
+        raise InputError(
+            f"--accelerator {accelerator}: not a machine shape the kaggle CLI knows; use one of "
+            f"{', '.join(ACCELERATORS)}"
+        )
     return accelerator
 
 

@@ -63,6 +63,8 @@ INFERENCE = next(k for k in KERNELS if k.needs_models)
 _FAILED = re.compile(r"error:|are not valid", re.IGNORECASE)
 _BOILERPLATE = re.compile(r"kaggle --debug|please report it at", re.IGNORECASE)
 _NOT_FOUND = re.compile(r"\b404\b|not found", re.IGNORECASE)
+LOG_POLL_S = 15.0  # between looks at a running kernel's log (logs --follow)
+_FINISHED = re.compile(r"complete|error|cancel", re.IGNORECASE)  # KernelWorkerStatus.<...>
 POLL_S = 10.0  # between `datasets status` calls while Kaggle processes an upload
 
 Log = Callable[[str], None]
@@ -261,18 +263,22 @@ def push(
     wheels: Sequence[Path] = (),
     segmenter_weights: str | None = None,
     predict_options: Sequence[str] = (),
+    run_timeout: int | None = None,
 ) -> dict:
     """Everything `python -m hpa.kaggle push` does; returns what it recorded in out/push.json.
 
     `hpacellseg` and `wheels`: the bundle's --no-deps wheels (`bundle --with-hpacellseg WHEEL
     --with-wheel WHEEL`); `segmenter_weights`: the data set attached for SEGMENTER = "hpacellseg";
-    `predict_options`: the notebook's PREDICT_OPTIONS.
+    `predict_options`: the notebook's PREDICT_OPTIONS; `run_timeout`: the kernel's run time
+    limit in seconds (`kaggle kernels push -t`), Kaggle's own when None.
     """
     cli = KaggleCli.find()  # every check that needs no work first: fail in a second, not later
     user = require_user(user)
     check_slug(bundle_slug, "--bundle-slug")
     slugs = model_slugs(models, slugs)
     check_accelerator(accelerator)
+    if run_timeout is not None and run_timeout <= 0:
+        raise InputError(f"--timeout {run_timeout}: give the run time limit in seconds, e.g. 32400")
     if pinning not in PINNINGS:
         raise InputError(f"--pinning {pinning!r}: use one of {', '.join(PINNINGS)}")
     check_hpacellseg(hpacellseg, segmenter_weights)
@@ -329,7 +335,8 @@ def push(
         f"notebook {kernel}: kaggle kernels push -p {folder} ({accelerator}, Internet off, "
         f"data sets {', '.join([*datasets, *attached])}, competition {COMPETITION})"
     )
-    done = cli.run("kernels", "push", "-p", str(folder))
+    limit = ["-t", str(run_timeout)] if run_timeout else []
+    done = cli.run("kernels", "push", "-p", str(folder), *limit)
     found = re.search(r"Kernel version (\d+)", done.stdout)
     version = int(found[1]) if found else None
     state = {"datasets": known, "kernel": kernel, "version": version}
@@ -352,6 +359,26 @@ def status(kernel: str, log: Log = print) -> str:
     text = cli.run("kernels", "status", kernel, stdout_errors=False).stdout.strip()
     log(text)
     return text
+
+
+def logs(kernel: str, follow: bool = False, log: Log = print) -> str:
+    """The kernel's log (`kaggle kernels logs`); `follow`: new lines as it runs, until it ends."""
+    cli = KaggleCli.find()
+    shown = ""
+    while True:
+        # The status first: a log read after a finished status is the whole log.
+        status = cli.run("kernels", "status", kernel, stdout_errors=False).stdout if follow else ""
+        text = cli.run("kernels", "logs", kernel, stdout_errors=False).stdout
+        new = text[len(shown) :] if text.startswith(shown) else text
+        if new.strip():
+            log(new.rstrip("\n"))
+        shown = text
+        if not follow:
+            return text
+        if _FINISHED.search(status):
+            log(status.strip())
+            return text
+        time.sleep(LOG_POLL_S)
 
 
 def output(kernel: str, out: Path, log: Log = print) -> Path:
