@@ -187,6 +187,38 @@ def test_ray_launcher_gives_each_job_a_gpu_only_where_the_cluster_has_one():
     assert remote_options(FakeRay(1), half)["num_gpus"] == 0.5
 
 
+def test_ray_launcher_starts_ray_again_when_its_node_times_out_at_startup():
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.hpa_ray_launcher.ray_launcher import start_ray
+
+    class SlowRay:  # the raylet misses Ray's fixed 30 s twice, then registers
+        def __init__(self, failures, message="The current node timed out during startup."):
+            self.failures, self.message, self.calls = failures, message, []
+
+        def is_initialized(self):
+            return False
+
+        def init(self, **options):
+            self.calls.append("init")
+            if self.calls.count("init") <= self.failures:
+                raise Exception(self.message)
+
+        def shutdown(self):
+            self.calls.append("shutdown")
+
+    init = OmegaConf.create({"num_cpus": 2, "address": None})
+    slow = SlowRay(2)
+    assert start_ray(slow, init) is True
+    assert slow.calls == ["init", "shutdown", "init", "shutdown", "init"]
+    with pytest.raises(Exception, match="timed out during startup"):
+        start_ray(SlowRay(3), init)  # three misses: the error is the user's to see
+    other = SlowRay(1, "bad option")
+    with pytest.raises(Exception, match="bad option"):
+        start_ray(other, init)
+    assert other.calls == ["init"]  # any other error is not retried
+
+
 # --- SLURM / submitit ----------------------------------------------------------------------
 
 

@@ -90,8 +90,21 @@ def start_ray(ray: Any, init_cfg: DictConfig) -> bool:
         k: v for k, v in OmegaConf.to_container(init_cfg, resolve=True).items() if v is not None
     }
     log.info(f"ray.init({options})")
-    ray.init(**options)
-    return True
+    for attempt in range(1, STARTS + 1):
+        try:
+            ray.init(**options)
+            return True
+        except Exception as err:
+            # Ray gives its raylet a fixed 30 s to register: on a busy machine it can take
+            # longer, and a second start usually makes it. Anything else is not retried.
+            if "timed out during startup" not in str(err) or attempt == STARTS:
+                raise
+            log.warning(f"Ray did not start in time ({err}); starting it again")
+            ray.shutdown()
+    raise AssertionError("unreachable")
+
+
+STARTS = 3  # tries to start a local instance
 
 
 def stop_ray(ray: Any, before: set[int] | None) -> None:
