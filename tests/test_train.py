@@ -17,6 +17,7 @@ from tiny_train import tiny
 CONFIGS = Path(__file__).resolve().parents[1] / "src" / "hpa" / "configs"
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
 DEBUGS = sorted(p.stem for p in (CONFIGS / "debug").glob("*.yaml"))
+FAULTBOOT = Path(__file__).with_name("faultboot.py")  # runs a command with a pause point
 
 
 def run_cli(args, cwd, threads=None, **kwargs):
@@ -232,29 +233,26 @@ def assert_oof_is_the_models_predictions(out: Path, data_root: Path) -> None:
 @pytest.mark.slow
 def test_sigkill_then_resume_ends_at_planned_epoch(tiny_dataset, tmp_path):
     out = tmp_path / "run"
-    # resnet18 at 64 px with batch 2: epochs long enough (~1 s) to kill one midway.
-    args = tiny(
-        tiny_dataset,
-        out,
-        "trainer.max_epochs=6",
-        "data.batch_size=2",
-        "data.image_size=64",
-        "model.backbone=resnet18",
-    )
+    args = tiny(tiny_dataset, out, "trainer.max_epochs=6")
     last = out / "checkpoints" / "last.ckpt"
-    signal_when(
-        [sys.executable, "-m", "hpa.train", *args],
-        last,
+    # The run pauses once epoch 0's checkpoints (best.ckpt, last.ckpt) are written, and is killed
+    # there: mid-run on any machine, however short its epochs.
+    paused = tmp_path / "paused"
+    pause = ["hpa.training.checkpointing:AtomicCheckpointIO.save_checkpoint@2", str(paused)]
+    stopped = signal_when(
+        [sys.executable, str(FAULTBOOT), *pause, "--", "hpa.train", *args],
+        paused,
         env=child_env(threads=None),
         cwd=tmp_path,
         timeout_s=600,
-        settle_s=0.3,  # into the next epoch
+        settle_s=0,
         sig=signal.SIGKILL,
     )
-    assert last.exists() and not (out / "metrics.json").exists(), "the run ended before the kill"
+    assert stopped.returncode == -signal.SIGKILL, stopped.stderr[-3000:]
+    assert last.exists() and not (out / "metrics.json").exists()
     r = run_cli([*args, f"ckpt_path={last}"], tmp_path, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "resuming from" in r.stdout + r.stderr
+    assert "resuming from" in r.stdout + r.stderr and "(epoch 0, step" in r.stdout + r.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["epochs_run"] == 6
 
