@@ -15,6 +15,7 @@ passed, 1 when any failed, 2 for bad arguments.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
 import signal
@@ -79,17 +80,24 @@ def run_pytest(
 ) -> int:
     cmd = [sys.executable, "-m", "pytest", *tests, *pytest_args, f"--junitxml={junit}"]
     with log.open("w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        # A process group of its own: stopped, pytest goes with what its tests started.
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
         try:
             return proc.wait()
-        finally:  # stopped meanwhile: pytest (and what it started, its session) goes too
-            if proc.poll() is None:
-                proc.terminate()
-                try:
+        finally:
+            if proc.poll() is None:  # stopped meanwhile: SIGTERM, then SIGKILL, to the group
+                _signal_group(proc.pid, signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            _signal_group(proc.pid, signal.SIGKILL)  # what a test left running, too
+            proc.wait()
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # nothing of it is left
+        os.killpg(pgid, sig)
 
 
 def report(counts: Counter[str], crashed: list[int], runs: int) -> str:

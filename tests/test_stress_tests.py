@@ -53,9 +53,10 @@ def test_failures_are_counted_per_test_and_the_hogs_end_with_the_script(tmp_path
 def test_sigterm_stops_the_running_tests_and_the_hogs(tmp_path):
     started = tmp_path / "started"
     (tmp_path / "test_waits.py").write_text(
-        "import os, pathlib, time\n\n"
+        "import os, pathlib, subprocess, sys, time\n\n"
         "def test_waits():\n"
-        f"    pathlib.Path({str(started)!r}).write_text(str(os.getpid()))\n"
+        "    child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+        f"    pathlib.Path({str(started)!r}).write_text(f'{{os.getpid()}} {{child.pid}}')\n"
         "    while True:  # until the script stops this run\n"
         "        time.sleep(1)\n"
     )
@@ -79,5 +80,7 @@ def test_sigterm_stops_the_running_tests_and_the_hogs(tmp_path):
             proc.wait()
     assert proc.returncode == 128 + signal.SIGTERM, out + err
     assert "stopped by SIGTERM" in err
-    assert not alive(int(started.read_text()))  # pytest, mid-test
+    pytest_pid, child_pid = map(int, started.read_text().split())
+    assert not alive(pytest_pid)  # pytest, mid-test
+    assert not alive(child_pid)  # and a process the test had started
     assert not any(map(alive, hog_pids(out)))
