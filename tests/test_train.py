@@ -285,6 +285,13 @@ def test_model_learns_far_better_than_shuffled_labels(tmp_path):
             "model.backbone=resnet18",
             "trainer.max_epochs=8",
             "optimizer.lr=2e-3",
+            # One thread and deterministic kernels: the same two numbers on every machine (with
+            # the same library versions), busy or idle: real 0.383, shuffled 0.170 (torch 2.14,
+            # x86). With threads=null (the cores there are) a loaded 2-core box once got real
+            # 0.384 vs shuffled 0.192, short of the bound. The margin is thin (0.013 on the
+            # second bound) and measured on this one seed only.
+            "threads=1",
+            "trainer.deterministic=true",
         )
         return train(compose("train", args))["val/mAP"]
 
