@@ -37,7 +37,9 @@ def tiny(data_root: Path, out: Path) -> list[str]:
     )
 
 
-def run_train(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_train(args: list[str], cwd: Path, timeout: int = 1800) -> subprocess.CompletedProcess:
+    # timeout: a safety net for a hung run, not a limit a run should come near; a Ray multirun
+    # took over 600 s beside busy loops on a loaded 2-core box (scripts/stress_tests.py).
     done = subprocess.run(
         [sys.executable, "-m", "hpa.train", *args],
         cwd=cwd,
