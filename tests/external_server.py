@@ -1,9 +1,16 @@
 """A local HTTP server (127.0.0.1 only) serving synthetic public-HPA channel JPGs, with faults.
 
 Used by tests/test_external_*.py. Faults are queued per path and consumed one per request:
-"500" (server error), "404", "stall" (no response for longer than any client timeout),
-"stall_body" (headers and half the body, then silence), "trickle" (the body in 30 pieces,
-0.1 s apart), "truncate" (half the body, then the connection closes). Paths in `corrupt` always answer with undecodable bytes of the right length.
+"500" (server error), "404", "stall" (no response until the server closes), "stall_body"
+(headers and half the body, then silence until the server closes), "trickle" (the body in 300
+pieces, 0.1 s apart: 30 s, longer than any client deadline), "truncate" (half the body, then the
+connection closes). Paths in `corrupt` always answer with undecodable bytes of the right length.
+A stall lasts until the server closes, not a number of seconds: however slow the machine, the
+client's timeout is what ends it.
+
+`answer_first=N` answers the first N requests and holds every later one until `release()`: a
+client stopped while `held` equals its connections has done exactly N files, on a slow machine
+as on a fast one, and has no request on the way that could reach the server later.
 """
 
 from __future__ import annotations
@@ -30,14 +37,17 @@ class _Server(ThreadingHTTPServer):
 
 
 class HPAServer:
-    def __init__(self, files: dict[str, bytes], delay_s: float = 0.0, stall_s: float = 3.0):
+    def __init__(self, files: dict[str, bytes], answer_first: int | None = None):
         self.files = files
-        self.delay_s, self.stall_s = delay_s, stall_s
+        self.answer_first = answer_first
+        self.held = 0  # requests waiting for release()
+        self._seen = 0  # requests since the start (requests.clear() leaves it)
         self.faults: dict[str, list[str]] = {}
         self.corrupt: set[str] = set()
         self.requests: Counter[str] = Counter()
         self._lock = threading.Lock()
-        self._release = threading.Event()
+        self._release = threading.Event()  # set: every held request goes on
+        self._closing = threading.Event()  # set: every stall ends
         self._httpd = _Server(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
@@ -52,14 +62,27 @@ class HPAServer:
 
     def __exit__(self, *exc) -> None:
         self._release.set()
+        self._closing.set()
         self._httpd.shutdown()
         self._httpd.server_close()
 
-    def _next_fault(self, path: str) -> str | None:
+    def release(self) -> None:
+        """Let the held requests go on, and answer every later one at once."""
+        self._release.set()
+
+    def _next_fault(self, path: str) -> tuple[str | None, bool]:
+        """(the fault to play, whether to hold this request), counting it."""
         with self._lock:
             self.requests[path] += 1
+            self._seen += 1
             queue = self.faults.get(path)
-            return queue.pop(0) if queue else None
+            hold = (
+                self.answer_first is not None
+                and self._seen > self.answer_first
+                and not self._release.is_set()
+            )
+            self.held += hold
+            return (queue.pop(0) if queue else None), hold
 
     def _handler(self):
         server = self
@@ -69,12 +92,12 @@ class HPAServer:
                 pass
 
             def do_GET(self) -> None:
-                fault = server._next_fault(self.path)
-                if server.delay_s:
-                    server._release.wait(server.delay_s)
+                fault, hold = server._next_fault(self.path)
+                if hold:
+                    server._release.wait()
                 body = server.files.get(self.path)
                 if fault == "stall":
-                    server._release.wait(server.stall_s)
+                    server._closing.wait()
                     return
                 if body is None or fault == "404":
                     self.send_error(404)
@@ -92,17 +115,18 @@ class HPAServer:
                 self.end_headers()
                 try:
                     if fault == "trickle":  # every piece in time, the whole far too slow
-                        for start in range(0, len(body), -(-len(body) // 30)):
-                            self.wfile.write(body[start : start + -(-len(body) // 30)])
+                        piece = -(-len(body) // 300)
+                        for start in range(0, len(body), piece):
+                            self.wfile.write(body[start : start + piece])
                             self.wfile.flush()
-                            if server._release.wait(0.1):
+                            if server._closing.wait(0.1):
                                 break
                         return
                     if fault in ("stall_body", "truncate"):
                         self.wfile.write(body[: len(body) // 2])
                         self.wfile.flush()
                         if fault == "stall_body":
-                            server._release.wait(server.stall_s)
+                            server._closing.wait()
                         self.close_connection = True
                         return
                     self.wfile.write(body)

@@ -4,7 +4,8 @@
 
 PAUSE is `package.module:Name.attr@N` (or `-` for none): the N-th call to it in a process (the
 first process to get there, a pool worker too) returns, then that process writes its pid to
-MARKER and sleeps until MARKER + ".go" exists (at most 60 s). So the test stops a command mid-run, with some
+MARKER and sleeps until MARKER + ".go" exists (at most 600 s: a safety net for a test that died,
+never a delay a test relies on). So the test stops a command mid-run, with some
 output already written, at a point it knows, instead of guessing a delay. `--fake-pip` replaces
 hpa.kaggle's pip downloads with minimal wheels of the installed versions: no network.
 """
@@ -46,7 +47,7 @@ def install_pause(spec: str, marker: Path) -> None:
             return result
         os.write(fd, str(os.getpid()).encode())
         os.close(fd)
-        go, deadline = Path(f"{marker}.go"), time.monotonic() + 60
+        go, deadline = Path(f"{marker}.go"), time.monotonic() + 600
         while not go.exists() and time.monotonic() < deadline:
             time.sleep(0.02)  # a SIGTERM handler runs here
         return result

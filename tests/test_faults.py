@@ -308,7 +308,7 @@ def _descendants(pid: int) -> set[int]:
     return found
 
 
-def _still_running(pids: set[int], within_s: float = 15) -> set[int]:
+def _still_running(pids: set[int], within_s: float = 60) -> set[int]:
     """The pids still alive once they had `within_s` to go (a bound, not a measured time)."""
     deadline = time.monotonic() + within_s
     while True:

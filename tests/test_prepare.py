@@ -27,6 +27,8 @@ from hpa.data.transforms import build_transform
 from hpa.prepare import main, prepare_cache, read_report
 from procs import child_env
 
+FAULTBOOT = Path(__file__).with_name("faultboot.py")  # runs a command with a pause point
+
 TRAIN_AUGMENT = [
     {"name": "HorizontalFlip", "p": 0.5},
     {"name": "RandomRotate90", "p": 0.5},
@@ -194,29 +196,33 @@ def test_cache_and_raw_give_the_same_batch_for_the_same_seed(small_set):
 
 def test_sigkill_then_rerun_gives_the_uninterrupted_cache(tmp_path):
     make_set(tmp_path, n=40, size=384, seed=3)
-    cmd = [sys.executable, "-m", "hpa.prepare", f"data.root={tmp_path}", "data.image_size=64"]
+    args = ["hpa.prepare", f"data.root={tmp_path}", "data.image_size=64"]
     env = child_env(threads=None)
     folder = cache_dir(tmp_path, "train", 64)
-    subprocess.run(cmd, check=True, env=env, capture_output=True)
+    subprocess.run([sys.executable, "-m", *args], check=True, env=env, capture_output=True)
     reference = cache_files(folder)
     shutil.rmtree(folder)
 
-    proc = subprocess.Popen([*cmd, "prepare.workers=1"], env=env, start_new_session=True,
+    # The one worker stops after writing the last sample's pixels, before handing it back: the
+    # run cannot finish, however fast or slow the machine, while finished rows get marked.
+    pause = ["hpa.data.arraycache:write_row@40", str(tmp_path / "paused"), "--"]
+    proc = subprocess.Popen([sys.executable, str(FAULTBOOT), *pause, *args, "prepare.workers=1"],
+                            env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     done = 0
-    while proc.poll() is None and not 0 < done < 40:
+    while proc.poll() is None and done == 0:  # rows are marked done every 0.1 s
         time.sleep(0.005)
         state = folder / "state.u8"
         done = state.read_bytes().count(DONE) if state.exists() else 0
     os.killpg(proc.pid, signal.SIGKILL)  # the workers too, as a kill of the job would
     proc.wait()
-    assert 0 < done < 40, "prepare finished before it could be killed; make the test set larger"
+    assert 0 < done < 40, f"prepare ended (exit {proc.returncode}) before it was killed"
     # Whatever the kill left, every row marked done holds the whole sample.
     cache = ArrayCache.open(folder, image_manifest("train", 64))
     for sid, row in cache.rows.items():
         if cache.state[row] == DONE:
             np.testing.assert_array_equal(cache.read(row), read_sample(tmp_path / "train", sid, 64))
-    subprocess.run(cmd, check=True, env=env, capture_output=True)
+    subprocess.run([sys.executable, "-m", *args], check=True, env=env, capture_output=True)
     assert cache_files(folder) == reference
 
 

@@ -17,6 +17,7 @@ from tiny_train import tiny
 CONFIGS = Path(__file__).resolve().parents[1] / "src" / "hpa" / "configs"
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
 DEBUGS = sorted(p.stem for p in (CONFIGS / "debug").glob("*.yaml"))
+FAULTBOOT = Path(__file__).with_name("faultboot.py")  # runs a command with a pause point
 
 
 def run_cli(args, cwd, threads=None, **kwargs):
@@ -200,6 +201,7 @@ def test_ddp_two_processes_write_one_output(tiny_dataset, tmp_path):
         timeout=600,
     )
     assert r.returncode == 0, r.stderr[-3000:]
+    assert "terminate called" not in r.stderr  # each rank left its gloo group before exiting
     assert len(list(tmp_path.rglob("metrics.json"))) == 1
     assert len([p for p in tmp_path.rglob("model") if p.is_dir()]) == 1
     assert (out / "metrics.json").is_file() and (out / "model" / "model.safetensors").is_file()
@@ -231,29 +233,26 @@ def assert_oof_is_the_models_predictions(out: Path, data_root: Path) -> None:
 @pytest.mark.slow
 def test_sigkill_then_resume_ends_at_planned_epoch(tiny_dataset, tmp_path):
     out = tmp_path / "run"
-    # resnet18 at 64 px with batch 2: epochs long enough (~1 s) to kill one midway.
-    args = tiny(
-        tiny_dataset,
-        out,
-        "trainer.max_epochs=6",
-        "data.batch_size=2",
-        "data.image_size=64",
-        "model.backbone=resnet18",
-    )
+    args = tiny(tiny_dataset, out, "trainer.max_epochs=6")
     last = out / "checkpoints" / "last.ckpt"
-    signal_when(
-        [sys.executable, "-m", "hpa.train", *args],
-        last,
+    # The run pauses once epoch 0's checkpoints (best.ckpt, last.ckpt) are written, and is killed
+    # there: mid-run on any machine, however short its epochs.
+    paused = tmp_path / "paused"
+    pause = ["hpa.training.checkpointing:AtomicCheckpointIO.save_checkpoint@2", str(paused)]
+    stopped = signal_when(
+        [sys.executable, str(FAULTBOOT), *pause, "--", "hpa.train", *args],
+        paused,
         env=child_env(threads=None),
         cwd=tmp_path,
         timeout_s=600,
-        settle_s=0.3,  # into the next epoch
+        settle_s=0,
         sig=signal.SIGKILL,
     )
-    assert last.exists() and not (out / "metrics.json").exists(), "the run ended before the kill"
+    assert stopped.returncode == -signal.SIGKILL, stopped.stderr[-3000:]
+    assert last.exists() and not (out / "metrics.json").exists()
     r = run_cli([*args, f"ckpt_path={last}"], tmp_path, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "resuming from" in r.stdout + r.stderr
+    assert "resuming from" in r.stdout + r.stderr and "(epoch 0, step" in r.stdout + r.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["epochs_run"] == 6
 
@@ -286,6 +285,13 @@ def test_model_learns_far_better_than_shuffled_labels(tmp_path):
             "model.backbone=resnet18",
             "trainer.max_epochs=8",
             "optimizer.lr=2e-3",
+            # One thread and deterministic kernels: the same two numbers on every machine (with
+            # the same library versions), busy or idle: real 0.383, shuffled 0.170 (torch 2.14,
+            # x86). With threads=null (the cores there are) a loaded 2-core box once got real
+            # 0.384 vs shuffled 0.192, short of the bound. The margin is thin (0.013 on the
+            # second bound) and measured on this one seed only.
+            "threads=1",
+            "trainer.deterministic=true",
         )
         return train(compose("train", args))["val/mAP"]
 

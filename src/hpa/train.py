@@ -134,17 +134,32 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         )
     started, t0 = datetime.now().astimezone().isoformat(timespec="seconds"), time.perf_counter()
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, **weights_only(trainer.fit))
-    except SIGTERMException:
-        raise stopped(cfg, callbacks) from None
-    if trainer.received_sigterm:  # SIGTERM after the last check: fit returned normally
-        raise stopped(cfg, callbacks)
-    if not cfg.export:
-        return {k: float(v) for k, v in trainer.callback_metrics.items()}
-    timing = seen.timing(started, time.perf_counter() - t0, trainer.world_size)
-    return finish_run(
-        trainer, module, datamodule, Path(cfg.paths.output_dir), predictions, timing=timing
-    )
+        try:
+            fit_args = weights_only(trainer.fit)
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, **fit_args)
+        except SIGTERMException:
+            raise stopped(cfg, callbacks) from None
+        if trainer.received_sigterm:  # SIGTERM after the last check: fit returned normally
+            raise stopped(cfg, callbacks)
+        if not cfg.export:
+            return {k: float(v) for k, v in trainer.callback_metrics.items()}
+        timing = seen.timing(started, time.perf_counter() - t0, trainer.world_size)
+        return finish_run(
+            trainer, module, datamodule, Path(cfg.paths.output_dir), predictions, timing=timing
+        )
+    finally:
+        leave_process_group()
+
+
+def leave_process_group() -> None:
+    """Leave the DDP process group, if any, while the interpreter is whole: Lightning does it
+    at exit for NCCL only, and a gloo (CPU) group left to the interpreter's shutdown can abort
+    the process ("terminate called without an active exception", pytorch/pytorch#190489), which
+    Lightning's launcher answers by SIGKILLing every rank. Every collective is behind us here."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def stopped(cfg: DictConfig, callbacks: list) -> Stopped:
