@@ -579,6 +579,7 @@ def test_a_fifo_among_the_inputs_is_named_not_waited_on(cmd, run):
     fifo = run.work / "fifo" / ("train.csv" if "data.root" in cmd.fifo(Path("x"))[0] else "in.csv")
     fifo.parent.mkdir()
     os.mkfifo(fifo)
+    (fifo.parent / "train").mkdir()  # a data root: its images' folder, and train.csv a FIFO
     cmd.previous(run)
     before = snapshot(run.out, run.inputs)
     done = run_command(cmd, run, extra=cmd.fifo(fifo))

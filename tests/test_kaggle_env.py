@@ -250,9 +250,11 @@ def model_dataset(kaggle, work, image) -> Path:
 
 def test_train_notebook_exports_a_model_dataset(model_dataset, image):
     assert sorted(p.name for p in model_dataset.iterdir()) == [
+        ".hpa-outputs.json",  # what `hpa.kaggle model` wrote there (hpa.outputs)
         "config.json",
         "dataset-metadata.json",
         "model.safetensors",
+        "model.safetensors.sha256",  # checked by the notebook's load
     ]
     config = json.loads((model_dataset / "config.json").read_text())
     assert config["versions"]["torch"].startswith(torch_minor(image))

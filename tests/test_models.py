@@ -59,7 +59,9 @@ def test_export_round_trip_without_pickle(tmp_path):
         "level": "image",
     }
     out = export_model(net, tmp_path / "model", meta)
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    # The weights' checksum beside them: a load refuses bytes damaged since (tests/test_ownership)
+    names = ["config.json", "model.safetensors", "model.safetensors.sha256"]
+    assert sorted(p.name for p in out.iterdir()) == names
     config = json.loads((out / "config.json").read_text())
     assert config["mean"] == pytest.approx(MEAN) and "torch" in config["versions"]
     loaded, _ = load_exported(out)

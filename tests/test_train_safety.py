@@ -85,7 +85,7 @@ def test_generator_never_writes_into_a_folder_it_did_not_make(tmp_path):
     user.mkdir()
     (user / "keep.txt").write_text("mine")
     for make in (generate_dataset, generate_atomically):
-        with pytest.raises(InputError, match="not made by hpa"):
+        with pytest.raises(InputError, match=r"hpa.synthetic did not write \(keep.txt\)"):
             make(cfg, user, progress=False)
     assert snapshot(user) == {"keep.txt": hashlib.sha1(b"mine").hexdigest()}
     # The demo's own folder, non-empty without the generator's marker: refused too.

@@ -323,8 +323,9 @@ def _flock(lockfile: Path, *, wait: bool = False, what: str | None = None) -> It
             break
         os.close(fd)
     try:
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        with contextlib.suppress(OSError):  # the holder's pid is for messages: a full disk is fine
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
         yield
     finally:
         with contextlib.suppress(FileNotFoundError):

@@ -20,7 +20,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 EXIT_SIGTERM = 128 + signal.SIGTERM  # 143
 _PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
@@ -46,6 +46,8 @@ def graceful_sigterm(resume_hint: str) -> Iterator[None]:
 
     def handler(signum, frame):
         nonlocal stopping
+        if _lightning and _lightning[-1]():
+            return  # Lightning noted it first: it saves last.ckpt and stops at the next batch
         if stopping:
             return
         stopping = True
@@ -60,6 +62,22 @@ def graceful_sigterm(resume_hint: str) -> Iterator[None]:
         sys.exit(EXIT_SIGTERM)
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+# Inside Trainer.fit: whether Lightning's own handler has seen the SIGTERM (it runs ours after
+# its own notifier). Then training stops at the next batch with a resumable checkpoint; before
+# Lightning takes over (data set-up inside fit), ours stops the command as anywhere else.
+_lightning: list[Callable[[], bool]] = []
+
+
+@contextlib.contextmanager
+def lightning_first(received: Callable[[], bool]) -> Iterator[None]:
+    """While inside, SIGTERM is Lightning's to act on once `received()` (its notifier ran)."""
+    _lightning.append(received)
+    try:
+        yield
+    finally:
+        _lightning.pop()
 
 
 def close_progress_bars() -> None:
@@ -96,4 +114,5 @@ __all__ = [
     "close_progress_bars",
     "die_with_parent",
     "graceful_sigterm",
+    "lightning_first",
 ]

@@ -71,13 +71,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from hpa.demo import ensure_synthetic_data
     from hpa.labels import CLASS_NAMES
     from hpa.pipeline import build_datamodule
+    from hpa.signals import lightning_first
     from hpa.threads import configure_training_threads
     from hpa.training.checkpointing import AtomicCheckpointIO, checkpoint_summary, weights_only
     from hpa.training.finish import SamplesSeen, ValidationPredictions, finish_run
     from hpa.training.mil import module_class
 
     check_config(cfg, "train")
-    if not is_secondary_rank():  # what a run writes is hpa.train's: hpa.evaluate & co. keep off
+    if not is_secondary_rank() and Path(cfg.paths.output_dir).is_dir():
+        # What a run writes is hpa.train's: hpa.evaluate & co. keep off. Only in a folder that
+        # is there (Hydra made it): a debug run that writes nothing makes no folder.
         claim_names(cfg.paths.output_dir, RUN_FILES, "hpa.train")
     configure_training_threads(cfg)  # torch threads = free cores - loader workers (or threads=N)
     pl.seed_everything(cfg.seed, workers=True)
@@ -136,7 +139,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     try:
         try:
             fit_args = weights_only(trainer.fit)
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, **fit_args)
+            with lightning_first(lambda: trainer.received_sigterm):
+                trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, **fit_args)
         except SIGTERMException:
             raise stopped(cfg, callbacks) from None
         if trainer.received_sigterm:  # SIGTERM after the last check: fit returned normally
@@ -523,9 +527,15 @@ def precompose(argv: list[str]) -> None:
     if any(a in ("-m", "--multirun") for a in argv) or _missing_extra(argv):
         return
     overrides = [
-        a for a in argv if not a.startswith(("hydra.", "hydra/", "+hydra", "-")) and "=" in a
+        a
+        for a in argv
+        if not a.startswith(("hydra.", "hydra/", "+hydra", "-", "overwrite=")) and "=" in a
     ]
-    compose("train", overrides, check=False)
+    try:
+        compose("train", overrides, check=False)
+    except InputError as err:
+        hint = "`python -m hpa.train --help` lists the config groups and their options"
+        raise InputError(f"{err}; {hint}") from None
 
 
 if __name__ == "__main__":
