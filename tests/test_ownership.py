@@ -408,6 +408,29 @@ def test_a_fifo_where_a_table_should_be_is_named(reader, tmp_path):
         read(fifo(tmp_path / "table.csv"))
 
 
+def test_a_read_that_stalls_is_one_line_not_a_hang(tmp_path, monkeypatch):
+    """A stalled network mount: the read never returns until the test lets it go."""
+    from hpa.data.images import read_sample
+
+    released = threading.Event()
+    real = Path.read_bytes
+
+    def stalled(self):
+        if self.name == "a_red.png":
+            released.wait()  # an event the test sets only after the command gave up
+        return real(self)
+
+    for channel in ("red", "green", "blue", "yellow"):
+        (tmp_path / f"a_{channel}.png").write_bytes(b"")
+    monkeypatch.setattr(Path, "read_bytes", stalled)
+    monkeypatch.setenv("HPA_READ_TIMEOUT", "0.2")
+    try:
+        with pytest.raises(InputError, match=r"a_red.png gave no data in 0 s .*HPA_READ_TIMEOUT"):
+            read_sample(tmp_path, "a")
+    finally:
+        released.set()
+
+
 STALLED_KAGGLE = """#!/bin/sh
 echo started > "$FAKE_KAGGLE_READY"
 exec sleep 3600

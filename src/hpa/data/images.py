@@ -9,7 +9,7 @@ import numpy as np
 
 from hpa.errors import InputError
 from hpa.fsio import write_bytes
-from hpa.inputs import check_id, check_regular_file
+from hpa.inputs import check_id, read_bytes
 
 # Channel order everywhere in hpa: red (microtubules), green (protein), blue (nucleus), yellow (ER).
 CHANNELS: tuple[str, ...] = ("red", "green", "blue", "yellow")
@@ -48,8 +48,8 @@ def read_channel(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.exists():
         raise InputError(f"missing image {path}")
-    check_regular_file(path, "image")  # a FIFO would block imread forever
-    return _as_plane(cv2.imread(str(path), cv2.IMREAD_UNCHANGED), path)
+    # A regular file read within HPA_READ_TIMEOUT: a FIFO or a stalled mount is one line.
+    return decode_channel(read_bytes(path, "image"), path)
 
 
 def decode_channel(data: bytes, name: str | Path) -> np.ndarray:
