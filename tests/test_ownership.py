@@ -408,6 +408,29 @@ def test_a_fifo_where_a_table_should_be_is_named(reader, tmp_path):
         read(fifo(tmp_path / "table.csv"))
 
 
+def test_a_read_that_stalls_is_one_line_not_a_hang(tmp_path, monkeypatch):
+    """A stalled network mount: the read never returns until the test lets it go."""
+    from hpa.data.images import read_sample
+
+    released = threading.Event()
+    real = Path.read_bytes
+
+    def stalled(self):
+        if self.name == "a_red.png":
+            released.wait()  # an event the test sets only after the command gave up
+        return real(self)
+
+    for channel in ("red", "green", "blue", "yellow"):
+        (tmp_path / f"a_{channel}.png").write_bytes(b"")
+    monkeypatch.setattr(Path, "read_bytes", stalled)
+    monkeypatch.setenv("HPA_READ_TIMEOUT", "0.2")
+    try:
+        with pytest.raises(InputError, match=r"a_red.png gave no data in 0 s .*HPA_READ_TIMEOUT"):
+            read_sample(tmp_path, "a")
+    finally:
+        released.set()
+
+
 STALLED_KAGGLE = """#!/bin/sh
 echo started > "$FAKE_KAGGLE_READY"
 exec sleep 3600
@@ -500,6 +523,28 @@ def test_a_mask_that_inflates_past_its_rows_size_is_refused_before_decoding():
     with pytest.raises(InputError, match="would decode to"):
         decode_binary_mask(bomb, 64, 64)
     assert max_counts_bytes(64, 64) < 1 << 20
+
+
+def test_an_image_larger_than_its_row_says_is_not_decoded(tmp_path):
+    import cv2
+
+    from hpa.data.images import read_channel, read_sample
+
+    for channel in ("red", "green", "blue", "yellow"):
+        cv2.imwrite(str(tmp_path / f"a_{channel}.png"), np.zeros((40, 50), np.uint8))
+    assert read_sample(tmp_path, "a", max_pixels=50 * 40).shape == (40, 50, 4)
+    with pytest.raises(InputError, match=r"says it is 50x40 px, more than the 1,999 pixels"):
+        read_sample(tmp_path, "a", max_pixels=50 * 40 - 1)
+    # A header that claims a huge image (a 20000 x 20000 PNG of zeros compresses to ~1 MB): the
+    # default limit refuses it before OpenCV allocates 400 MB for its pixels.
+    big = tmp_path / "big.png"
+    cv2.imwrite(str(big), np.zeros((1, 1), np.uint8))
+    data = bytearray(big.read_bytes())
+    data[16:24] = (20000).to_bytes(4, "big") + (20000).to_bytes(4, "big")  # IHDR width, height
+    data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")  # the chunk's CRC, redone
+    big.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="20000x20000 px"):
+        read_channel(big)
 
 
 def test_real_masks_still_decode():

@@ -2,6 +2,9 @@
 
 - **Regular files only.** A FIFO, socket or device where an image, CSV or checkpoint should be
   would block a read forever (and ignore SIGTERM inside it); `check_regular_file` names it.
+- **Reads with a time limit.** `read_bytes` reads a file in a helper thread and waits at most
+  HPA_READ_TIMEOUT seconds (default 600) for it: a stalled network mount is one line naming the
+  file, and SIGTERM is honoured while the read hangs (the wait is interruptible; the read is not).
 - **IDs are names, not paths.** An ID from train.csv, a sample submission, a submission or an
   external listing becomes part of a file name (`<root>/train/<ID>_red.png`, a cache entry):
   `check_ids` refuses separators, `..`, absolute paths, control characters and empty IDs, so
@@ -12,9 +15,11 @@
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import stat
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -49,6 +54,51 @@ def check_regular_file(path: str | Path, option: str = "file") -> Path:
     return path
 
 
+READ_TIMEOUT_ENV = "HPA_READ_TIMEOUT"
+DEFAULT_READ_TIMEOUT_S = 600.0
+
+
+def read_timeout_s() -> float:
+    text = os.environ.get(READ_TIMEOUT_ENV, "")
+    try:
+        value = float(text) if text else DEFAULT_READ_TIMEOUT_S
+    except ValueError:
+        raise InputError(f"{READ_TIMEOUT_ENV}={text!r} is not a number of seconds") from None
+    if value <= 0:
+        raise InputError(f"{READ_TIMEOUT_ENV}={text!r}: give a positive number of seconds")
+    return value
+
+
+def read_bytes(path: str | Path, option: str = "file", timeout_s: float | None = None) -> bytes:
+    """A regular file's bytes, or one InputError line when they do not come within the limit.
+
+    The read runs in a daemon thread: a read stuck in a stalled mount cannot be interrupted, but
+    the command no longer waits on it (a daemon thread does not hold the process at exit).
+    """
+    path = check_regular_file(path, option)
+    limit = read_timeout_s() if timeout_s is None else timeout_s
+    box: dict[str, object] = {}
+    done = threading.Event()
+
+    def work() -> None:
+        try:
+            box["data"] = path.read_bytes()
+        except BaseException as err:  # handed to the caller as it is
+            box["error"] = err
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name=f"read {path.name}", daemon=True).start()
+    if not done.wait(limit):
+        raise InputError(
+            f"{option}={path} gave no data in {limit:.0f} s (a stalled network mount?); check "
+            f"the mount and run the same command again ({READ_TIMEOUT_ENV}=SECONDS moves the limit)"
+        )
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box["data"]  # type: ignore[return-value]
+
+
 def id_problem(value: object) -> str | None:
     """Why `value` cannot be a sample ID (a plain file-name part); None when it can."""
     text = str(value)
@@ -80,6 +130,9 @@ def check_ids(ids: Iterable[object], source: str | Path) -> None:
             check_id(value, f"{source} row {row}")
 
 
+_COMPRESSION = {".gz": "gzip", ".bz2": "bz2", ".zip": "zip", ".xz": "xz", ".zst": "zstd"}
+
+
 def read_table(
     path: str | Path,
     what: str,
@@ -100,8 +153,14 @@ def read_table(
     check_regular_file(path, what.split("=", 1)[0] if "=" in what else "file")
     if dtype is None:
         dtype = {id_column: str} if id_column else None
+    data = read_bytes(path, what.split("=", 1)[0] if "=" in what else "file")
     try:
-        frame = pd.read_csv(path, dtype=dtype, keep_default_na=keep_default_na)
+        frame = pd.read_csv(
+            io.BytesIO(data),
+            dtype=dtype,
+            keep_default_na=keep_default_na,
+            compression=_COMPRESSION.get(path.suffix.lower()),  # what pandas infers from a name
+        )
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise InputError(f"{what} is not a readable CSV ({first}); expected {expected}") from None
@@ -125,5 +184,7 @@ __all__ = [
     "check_ids",
     "check_regular_file",
     "id_problem",
+    "read_bytes",
     "read_table",
+    "read_timeout_s",
 ]

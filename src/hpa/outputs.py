@@ -6,8 +6,8 @@
   else is refused before any work starts, and so is an output another command owns (a training
   run's `metrics.json` for `hpa.evaluate`) or one that is also the command's input.
 - **One writer.** Each output (file or folder) has a lock, `.<name>.hpa-lock` beside it, taken
-  before the first write and released on any exit (the kernel drops it when a process dies, so
-  a SIGKILL leaves no stale lock). A second writer stops at once with one line naming the
+  before the first write and released on any exit (a POSIX record lock: the kernel drops it when
+  the process dies, so a SIGKILL leaves no stale lock, and forked workers never hold it). A second writer stops at once with one line naming the
   holder's PID.
 
 Commands use `output(...)` for a file they write (in place or atomically through hpa.fsio) and
@@ -298,15 +298,17 @@ def _holder(lockfile: Path) -> str:
 
 @contextlib.contextmanager
 def _flock(lockfile: Path, *, wait: bool = False, what: str | None = None) -> Iterator[None]:
-    """Hold an exclusive flock on `lockfile` (created, removed when released).
+    """Hold an exclusive lock on `lockfile` (created, removed when released).
 
     A lock file that was removed and made anew between our open and our lock is not the one
     the others see: we check it is still the file at that path, else start over.
     """
     while True:
-        fd = os.open(lockfile, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(lockfile, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            # A POSIX record lock, not flock: it belongs to this process alone, so the workers
+            # a command forks do not hold it after a SIGKILL of their parent.
+            fcntl.lockf(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except OSError as err:
             os.close(fd)
             if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):

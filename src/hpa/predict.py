@@ -89,7 +89,8 @@ def predict(cfg: DictConfig, explicit: set[str] | None = None) -> Path:
         disable=not cfg.progress,
     )
     for row in bar:
-        image = read_sample(cfg.input_dir, row.ID)  # row.ID checked as a name, not a path
+        # row.ID is checked as a name, not a path; no channel larger than the row says is decoded
+        image = read_sample(cfg.input_dir, row.ID, max_pixels=row.ImageWidth * row.ImageHeight)
         if image.shape[:2] != (row.ImageHeight, row.ImageWidth):
             raise InputError(
                 f"image {row.ID} in {cfg.input_dir} is {image.shape[1]}x{image.shape[0]} px but "

@@ -9,7 +9,7 @@ import numpy as np
 
 from hpa.errors import InputError
 from hpa.fsio import write_bytes
-from hpa.inputs import check_id, check_regular_file
+from hpa.inputs import check_id, read_bytes
 
 # Channel order everywhere in hpa: red (microtubules), green (protein), blue (nucleus), yellow (ER).
 CHANNELS: tuple[str, ...] = ("red", "green", "blue", "yellow")
@@ -43,17 +43,53 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     raise InputError(f"unsupported pixel type {image.dtype}; expected 8- or 16-bit images")
 
 
-def read_channel(path: str | Path) -> np.ndarray:
+# The largest image hpa decodes when nothing states its size (HPA images are at most 3072 px a
+# side): a crafted PNG must not make OpenCV allocate gigabytes. A sample submission's row states
+# the size; predict passes that instead.
+MAX_PIXELS = 8192 * 8192
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the image's header, without decoding its pixels; None if unknown."""
+    import io
+    import warnings
+
+    from PIL import Image
+
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the header only: ours decides
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                return image.size
+    except Exception:  # a format PIL does not read (OpenCV may): no header check
+        return None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
+def check_pixels(data: bytes, name: str | Path, max_pixels: int) -> None:
+    size = image_size(data)
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise InputError(
+            f"{name} says it is {size[0]}x{size[1]} px, more than the {max_pixels:,} pixels "
+            "allowed here (its row's size, or 8192x8192); the file is damaged or crafted"
+        )
+
+
+def read_channel(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """One grayscale channel as uint8. Colour files (some public HPA JPGs) keep their brightest plane."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"missing image {path}")
-    check_regular_file(path, "image")  # a FIFO would block imread forever
-    return _as_plane(cv2.imread(str(path), cv2.IMREAD_UNCHANGED), path)
+    # A regular file read within HPA_READ_TIMEOUT: a FIFO or a stalled mount is one line.
+    return decode_channel(read_bytes(path, "image"), path, max_pixels)
 
 
-def decode_channel(data: bytes, name: str | Path) -> np.ndarray:
-    """read_channel for a file's bytes (e.g. a member of the competition's zip), same pixels."""
+def decode_channel(data: bytes, name: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """read_channel for a file's bytes (e.g. a member of the competition's zip), same pixels.
+    Decoded only when its header's size is within `max_pixels` (bounded decoding)."""
+    check_pixels(data, name, max_pixels)
     return _as_plane(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED), name)
 
 
@@ -67,12 +103,15 @@ def _as_plane(image: np.ndarray | None, name: str | Path) -> np.ndarray:
     return to_uint8(image)
 
 
-def read_sample(image_dir: str | Path, sample_id: str, size: int | None = None) -> np.ndarray:
-    """H x W x 4 uint8 (red, green, blue, yellow), resized to size x size with area interpolation."""
+def read_sample(
+    image_dir: str | Path, sample_id: str, size: int | None = None, max_pixels: int = MAX_PIXELS
+) -> np.ndarray:
+    """H x W x 4 uint8 (red, green, blue, yellow), resized to size x size with area interpolation.
+    `max_pixels`: no channel larger than this is decoded (predict: the row's stated size)."""
     planes = []
     for channel in CHANNELS:
         path = channel_path(image_dir, sample_id, channel)
-        planes.append((path.name, read_channel(path)))
+        planes.append((path.name, read_channel(path, max_pixels)))
     return stack_sample(planes, sample_id, size)
 
 
