@@ -158,7 +158,7 @@ COMMANDS = [
         previous=_prepare_previous,
         finished=_prepare_finished,
         resumed=rf"prepared [1-{N_TRAIN - 1}] samples",
-        fifo=lambda f: [f"data.root={f.parent}"],  # its train.csv
+        # (a FIFO among its images: tests/test_ownership.py, through read_channel)
     ),
     Command(
         "predict",

@@ -263,6 +263,6 @@ def test_train_notebook_stops_when_the_cache_cannot_fit(tmp_path, kaggle_input, 
         execute("kaggle_train", params, commands)
     message = str(info.value)
     assert message.startswith("error: the cache of 10 images at 1024 px needs 40.0 MiB")
-    assert "but 5 MiB are free there" in message
+    assert "but 5.0 MiB are free there" in message
     assert "data.image_size=352 or less" in message and "\n" not in message
     assert not [c for c in commands.calls if c[1] in ("hpa.prepare", "hpa.train")]

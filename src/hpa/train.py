@@ -379,7 +379,9 @@ def move_aside(folder: Path) -> Path:
 
     aside = folder / f"previous-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     aside.mkdir()
-    for name in RUN_FILES:
+    from hpa.outputs import MANIFEST
+
+    for name in (*RUN_FILES, MANIFEST):  # the old run's record of its files goes with them
         if (folder / name).exists():
             (folder / name).rename(aside / name)
     return aside
