@@ -58,15 +58,21 @@ READ_TIMEOUT_ENV = "HPA_READ_TIMEOUT"
 DEFAULT_READ_TIMEOUT_S = 600.0
 
 
-def read_timeout_s() -> float:
-    text = os.environ.get(READ_TIMEOUT_ENV, "")
+def env_seconds(name: str, default: float) -> float:
+    """A time limit from the environment variable `name` (`default` when unset); one line when
+    it is not a positive number of seconds."""
+    text = os.environ.get(name, "")
     try:
-        value = float(text) if text else DEFAULT_READ_TIMEOUT_S
+        value = float(text) if text else default
     except ValueError:
-        raise InputError(f"{READ_TIMEOUT_ENV}={text!r} is not a number of seconds") from None
+        raise InputError(f"{name}={text!r} is not a number of seconds") from None
     if value <= 0:
-        raise InputError(f"{READ_TIMEOUT_ENV}={text!r}: give a positive number of seconds")
+        raise InputError(f"{name}={text!r}: give a positive number of seconds")
     return value
+
+
+def read_timeout_s() -> float:
+    return env_seconds(READ_TIMEOUT_ENV, DEFAULT_READ_TIMEOUT_S)
 
 
 def read_bytes(path: str | Path, option: str = "file", timeout_s: float | None = None) -> bytes:
@@ -182,6 +188,7 @@ __all__ = [
     "check_decoded_size",
     "check_id",
     "check_ids",
+    "env_seconds",
     "check_regular_file",
     "id_problem",
     "read_bytes",

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -32,6 +31,7 @@ from pathlib import Path
 
 from hpa.errors import InputError
 from hpa.fsio import write_json
+from hpa.inputs import env_seconds
 from hpa.kaggle.bundle import (
     DATASET_METADATA,
     HPACELLSEG_WEIGHTS,
@@ -88,17 +88,6 @@ def cli_problem(done: subprocess.CompletedProcess) -> str | None:
     return first[0] if first else f"exit status {done.returncode}"
 
 
-def _env_seconds(name: str, default: float) -> float:
-    text = os.environ.get(name, "")
-    try:
-        value = float(text) if text else default
-    except ValueError:
-        raise InputError(f"{name}={text!r} is not a number of seconds") from None
-    if value <= 0:
-        raise InputError(f"{name}={text!r}: give a positive number of seconds")
-    return value
-
-
 @dataclass
 class KaggleCli:
     """The `kaggle` command found on PATH, run once per step."""
@@ -117,7 +106,7 @@ class KaggleCli:
 
     # Every call is bounded: a stalled connection must not hang a command forever.
     # HPA_KAGGLE_TIMEOUT (seconds) moves the limit for slow links and large outputs.
-    timeout_s: float = field(default_factory=lambda: _env_seconds("HPA_KAGGLE_TIMEOUT", 1800))
+    timeout_s: float = field(default_factory=lambda: env_seconds("HPA_KAGGLE_TIMEOUT", 1800))
 
     def call(self, *args: str) -> subprocess.CompletedProcess:
         try:
