@@ -108,24 +108,22 @@ def collect(
     picture: Callable[[int], np.ndarray] | None,
 ) -> RunData:
     """RunData with thumbnails of the example rows only: `picture(row)` -> H x W x 3 RGB
-    (None: no thumbnails)."""
+    (None: no thumbnails). Probabilities are kept as float32, exactly what report_data.npz
+    stores, so a report redrawn from the run folder picks the same rows and numbers."""
+    probs = np.asarray(probs, dtype=np.float32)
     if picture is None:
-        return RunData(
-            np.asarray(probs), np.asarray(targets), {k: list(v) for k, v in keys.items()}, {}
-        )
+        return RunData(probs, np.asarray(targets), {k: list(v) for k, v in keys.items()}, {})
     rows = sorted(
         {i for kinds in examples(probs, targets).values() for v in kinds.values() for i in v}
     )
     thumbs = {i: draw.thumbnail(picture(i), THUMB) for i in rows}
-    return RunData(
-        np.asarray(probs), np.asarray(targets), {k: list(v) for k, v in keys.items()}, thumbs
-    )
+    return RunData(probs, np.asarray(targets), {k: list(v) for k, v in keys.items()}, thumbs)
 
 
 def save_run_data(folder: Path, data: RunData) -> Path:
     rows = sorted(data.thumbs)
     arrays = {
-        "probs": data.probs.astype(np.float16),
+        "probs": data.probs.astype(np.float32),
         "targets": data.targets.astype(np.uint8),
         "thumb_rows": np.array(rows, dtype=np.int64),
         "thumbs": np.stack([data.thumbs[i] for i in rows])
