@@ -4,7 +4,15 @@ SHELL := /bin/bash
 PYTHON ?= python3
 TOOLS := .tools
 POETRY := $(TOOLS)/bin/poetry
+# KAGGLE=1 (make install/train/test/test-kaggle KAGGLE=1): a second workstation env, .venv-kaggle,
+# with Kaggle's Python and exactly the versions of src/hpa/kaggle/kaggle_image.txt (torch's CUDA
+# build included) instead of the lock's, so what is validated here is what Kaggle scores.
+KAGGLE ?=
+ifeq ($(KAGGLE),1)
+VENV := .venv-kaggle
+else
 VENV := .venv
+endif
 STAMP := $(VENV)/.hpa-installed
 # Poetry reaches the package index through poetry-plugin-pypi-mirror; the URL is read from
 # pip's own configuration at run time and never written into a file.
@@ -23,9 +31,20 @@ $(POETRY):
 	$(TOOLS)/bin/pip install -q --upgrade pip
 	$(TOOLS)/bin/pip install -q "poetry>=2.1,<3" "poetry-plugin-pypi-mirror>=0.6"
 
+ifeq ($(KAGGLE),1)
+# pip, not Poetry: the lock holds other versions. The image's pins and the lock's dev tools
+# (scripts/kaggle_env.py workstation), then hpa with its extras resolved under those pins: a pin
+# that hpa's ranges refuse stops the install with pip's reason.
+$(STAMP): pyproject.toml poetry.lock src/hpa/kaggle/kaggle_image.txt scripts/kaggle_env.py
+	@[ -x $(VENV)/bin/python ] || "$$($(PYTHON) scripts/kaggle_env.py python)" -m venv $(VENV)
+	$(PYTHON) scripts/kaggle_env.py workstation > $(VENV)/kaggle-workstation.txt
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -r $(VENV)/kaggle-workstation.txt -e ".[external,sweep]"
+else
 $(STAMP): $(POETRY) pyproject.toml poetry.lock
 	@[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
 	POETRY_PYPI_MIRROR_URL="$(MIRROR_URL)" $(POETRY) install --no-interaction --with dev --all-extras
+endif
 	@# The doctor imports the native stack in a child process: a broken install (two versions of
 	@# one package sharing files, a library built for another CPU) stops here with its name,
 	@# not later as a bare "Illegal instruction" in the middle of a test run.

@@ -3,6 +3,8 @@
     python scripts/kaggle_env.py base [--image next]          # prints the cached base env's python
     python scripts/kaggle_env.py overlay DEST [--image next]  # DEST's python: a fresh env on top
     python scripts/kaggle_env.py requirements [--image next]  # the pinned list an image installs
+    python scripts/kaggle_env.py python [--image next]        # the image's interpreter
+    python scripts/kaggle_env.py workstation [--image next]   # what `make install KAGGLE=1` installs
 
 Two images:
 - `current` (default): Python 3.12 and exactly src/hpa/kaggle/kaggle_image.txt, today's image.
@@ -197,6 +199,44 @@ def overlay(dest: Path, image: Image = IMAGES["current"]) -> Path:
     return python
 
 
+def listed_names(requirements: str) -> set[str]:
+    return {
+        line.split("#", 1)[0].split("==", 1)[0].strip().lower()
+        for line in requirements.splitlines()
+        if line.split("#", 1)[0].strip()
+    }
+
+
+def locked_dev_tools() -> list[str]:
+    """The dev group of pyproject.toml at the versions poetry.lock holds (pytest, ruff, mkdocs,
+    papermill, ...): the tools `make test` runs, the same in both workstation envs. The nvidia-*
+    lines are lock hygiene for the lock's torch build (pyproject says why), not tools: torch's own
+    requirements bring the CUDA libraries its pinned version needs."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    lock = tomllib.loads((ROOT / "poetry.lock").read_text())
+    versions = {p["name"].lower(): p["version"] for p in lock["package"]}
+    dev = project["tool"]["poetry"]["group"]["dev"]["dependencies"]
+    names = [n.lower() for n in dev if not n.lower().startswith("nvidia-")]
+    missing = [n for n in names if n not in versions]
+    if missing:
+        sys.exit(f"error: poetry.lock lacks {', '.join(missing)}; run `make lock`")
+    return [f"{n}=={versions[n]}  # poetry.lock (dev)" for n in names]
+
+
+def workstation(image: Image) -> str:
+    """The list `make install KAGGLE=1` installs: the image's pins, then the dev tools at their
+    locked versions (a tool the image has keeps the image's version). hpa itself is installed on top with -e, so its other dependencies (hydra-core,
+    pycocotools, ...) are resolved by pip under these pins."""
+    pins = image.requirements()
+    listed = listed_names(pins)  # the image's own papermill and ipykernel win over the lock's
+    tools = [t for t in locked_dev_tools() if t.split("==", 1)[0] not in listed]
+    return pins + "\n".join(tools) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -210,7 +250,11 @@ def main() -> None:
     )
     over.add_argument("dest", type=Path)
     reqs = sub.add_parser("requirements", help="print the pinned list the image installs")
-    for command in (base, over, reqs):
+    interpreter = sub.add_parser("python", help="print the image's Python interpreter")
+    desk = sub.add_parser(
+        "workstation", help="print what `make install KAGGLE=1` installs (pins + dev tools)"
+    )
+    for command in (base, over, reqs, interpreter, desk):
         command.add_argument("--image", choices=sorted(IMAGES), default="current")
     args = parser.parse_args()
     image = IMAGES[args.image]
@@ -218,6 +262,10 @@ def main() -> None:
         print(base_env(image) / "bin" / "python")
     elif args.command == "overlay":
         print(overlay(args.dest.resolve(), image))
+    elif args.command == "python":
+        print(find_python(image.python, image.python_var))
+    elif args.command == "workstation":
+        print(workstation(image), end="")
     else:
         print(image.requirements(), end="")
 

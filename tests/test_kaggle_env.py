@@ -294,3 +294,88 @@ def test_inference_notebook_writes_a_valid_submission(kaggle, model_dataset, wor
             n_predictions += 1
     assert n_predictions > 0
     assert n_predictions < NUM_CLASSES * n_cells  # min_confidence reached hpa.predict
+
+
+# ---- the same versions on both sides (make install KAGGLE=1) -----------------------------------
+
+
+def version_differences(image: str) -> list[str]:
+    """The image's packages whose version in this (the workstation's) env is another one."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.version import Version
+
+    differ = []
+    for line in kaggle_env("requirements", "--image", image).splitlines():
+        name, _, pin = line.split("#", 1)[0].strip().partition("==")
+        if not name:
+            continue
+        try:
+            here = version(name)
+        except PackageNotFoundError:
+            continue  # not used by hpa here (the workstation env need not have every package)
+        if Version(here).public != Version(pin).public:
+            differ.append(f"{name} {here} (image {pin})")
+    return differ
+
+
+@pytest.fixture(scope="module")
+def workstation_model(work) -> Path:
+    """An image model trained in the env running the tests (the workstation's), then exported."""
+    out = work / "workstation"
+    train = [
+        "-m",
+        "hpa.train",
+        "trainer=cpu",
+        "model.backbone=resnet18",
+        "model.pretrained=false",
+        "data.synthetic.n_images=40",
+        "data.synthetic.image_size=64",
+        "data.image_size=64",
+        "data.batch_size=8",
+        "data.num_workers=0",
+        "trainer.max_epochs=1",
+        "logger=csv",
+        f"paths.data_dir={out / 'data'}",
+        f"paths.output_dir={out / 'run'}",
+    ]
+    run(Path(sys.executable), *train, cwd=work)
+    return out / "run" / "model"
+
+
+def test_a_model_trained_on_the_workstation_predicts_the_same_on_kaggle(
+    kaggle, workstation_model, work, image
+):
+    """Same versions (make test-kaggle KAGGLE=1): the submission of the Kaggle env is the
+    workstation's byte for byte. Other versions (the lock's, or the next image): the same cells
+    and classes, confidences equal to their printed precision or within 1e-3."""
+    here = Path(sys.executable)
+    test = work / image / "same"
+    synthetic = ["-m", "hpa.synthetic", "n_images=3", "image_size=128", "split=test", "seed=7"]
+    run(here, *synthetic, f"out={test}", cwd=work)
+    submissions = {}
+    for name, python in (("workstation", here), ("kaggle", kaggle)):
+        submissions[name] = test / f"{name}.csv"
+        predict = [
+            "-m",
+            "hpa.predict",
+            f"models=[{workstation_model}]",
+            f"input_dir={test / 'test'}",
+            f"sample_submission={test / 'sample_submission.csv'}",
+            f"submission={submissions[name]}",
+            "tta=d4",
+            "progress=false",
+        ]
+        run(python, *predict, cwd=work)
+    ours, theirs = (submissions[k].read_bytes() for k in ("workstation", "kaggle"))
+    differ = version_differences(image)
+    if not differ:
+        assert ours == theirs
+        return
+    a, b = (pd.read_csv(submissions[k], keep_default_na=False) for k in submissions)
+    assert list(a["ID"]) == list(b["ID"])
+    for x, y in zip(a["PredictionString"], b["PredictionString"], strict=True):
+        x, y = x.split(), y.split()
+        assert x[::3] == y[::3] and x[2::3] == y[2::3], differ  # classes and masks
+        for p, q in zip(x[1::3], y[1::3], strict=True):
+            assert float(p) == pytest.approx(float(q), abs=1e-3), differ

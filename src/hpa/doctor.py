@@ -437,7 +437,10 @@ def check_model(model_dir: Path, version_of: VersionOf) -> list[Check]:
         if status == "FAIL":
             fix = f"install {package}=={then} (or retrain with {package} {now or 'installed'})"
         elif status == "WARN":
-            fix = "predictions may differ slightly; retrain or match versions if the score drops"
+            fix = (
+                "predictions may differ slightly; retrain or match versions if the score "
+                "drops (a workstation with Kaggle's versions: make install KAGGLE=1)"
+            )
         if drift:
             text += f" ({drift})"
         checks.append(Check(status, f"model:{package}", text, fix))
