@@ -28,7 +28,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from hpa.cli import compose
+from hpa.cli import compose, override_key
 from hpa.errors import InputError, exit_on_input_error
 from hpa.fsio import write_json
 from hpa.labels import CLASS_NAMES, NUM_CLASSES
@@ -52,11 +52,6 @@ class VariantFailed(Exception):
 
 
 # ---- the variants --------------------------------------------------------------------------
-
-
-def override_key(override: str) -> str:
-    """`data.root=X` -> `data.root`; `+trainer.x=1` -> `trainer.x` (what a later one replaces)."""
-    return override.split("=", 1)[0].lstrip("+~")
 
 
 def merge_overrides(*lists: Sequence[str]) -> list[str]:

@@ -48,6 +48,11 @@ def override_problem(arg: str) -> str | None:
     return f"{problem}; Hydra's syntax is key=value ({GRAMMAR})"
 
 
+def override_key(override: str) -> str:
+    """`data.root=X` -> `data.root`; `+a=1`, `++a=1`, `~a` -> `a` (the key a later override replaces)."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
 HELP_FLAGS = ("-h", "--help")
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from hpa.cli import compose, setup_logging
+from hpa.cli import compose, override_key, setup_logging
 from hpa.errors import InputError, exit_on_input_error
 from hpa.outputs import check_output, lock
 from hpa.signals import graceful_sigterm
@@ -174,7 +174,7 @@ def container(value):
 
 def override_keys(argv: list[str]) -> set[str]:
     """The keys a command line sets (`+key=v`, `++key=v` and `key=v` alike)."""
-    return {a.split("=", 1)[0].lstrip("+~") for a in argv if "=" in a}
+    return {override_key(a) for a in argv if "=" in a}
 
 
 def apply_ensemble(cfg: DictConfig, explicit: set[str] | None) -> None:

@@ -42,6 +42,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from hpa.cli import override_key
 from hpa.errors import InputError, exit_on_input_error
 
 # Folders inside a run that never hold another run.
@@ -198,11 +199,6 @@ def read_overrides(path: Path) -> list[str]:
     return [str(x) for x in OmegaConf.to_container(loaded)]
 
 
-def _override_key(text: str) -> tuple[str, str]:
-    key, _, value = text.partition("=")
-    return key.lstrip("+~"), value
-
-
 def read_history(path: Path) -> dict[int, dict[str, str]]:
     """epoch -> the csv row of its validation (the last one logged for that epoch)."""
     rows: dict[int, dict[str, str]] = {}
@@ -286,7 +282,7 @@ def read_run(path: Path, label: str) -> Run:
     if resumes:
         hydra_dir = resumes[-1]
     for text in read_overrides(hydra_dir / "overrides.yaml"):
-        key, value = _override_key(text)
+        key, value = override_key(text), text.partition("=")[2]
         if key.startswith(_NOISE) or (resumes and key == "ckpt_path"):  # the resume itself
             continue
         run.overrides[key] = value
@@ -397,7 +393,7 @@ def parse_filter(text: str) -> tuple[str, str, bool]:
     key, sep, value = text.partition("!=")
     if not sep:
         key, sep, value = text.partition("=")
-    key = key.strip().lstrip("+~")
+    key = override_key(key.strip())
     if not sep or not key:
         raise InputError(
             f"--filter {text!r}: write KEY=VALUE or KEY!=VALUE, e.g. model.backbone=resnet18"

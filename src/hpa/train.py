@@ -14,6 +14,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from hpa.cli import override_key
 from hpa.errors import InputError, exit_on_input_error
 from hpa.fsio import verify_checksum
 from hpa.inputs import check_regular_file
@@ -349,7 +350,8 @@ def holds_run(folder: Path) -> list[str]:
 
 
 def _arg(argv: list[str], key: str) -> str | None:
-    values = [a.split("=", 1)[1] for a in argv if a.startswith(key + "=")]
+    """The last value `argv` gives `key` (`key=v`, `+key=v` or `++key=v`); None if none."""
+    values = [a.split("=", 1)[1] for a in argv if "=" in a and override_key(a) == key]
     return values[-1] if values else None
 
 
@@ -478,7 +480,7 @@ def main() -> None:
     multirun = any(a in ("-m", "--multirun") for a in argv)
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     for i, arg in enumerate(argv):
-        if arg.startswith("paths.output_dir="):
+        if "=" in arg and override_key(arg) == "paths.output_dir":
             given, other = arg.split("=", 1)[1], _arg(argv, key)
             if other is not None and other != given:  # one folder guarded, another written
                 print(
