@@ -17,7 +17,7 @@ from hpa.data.datamodule import HPADataModule
 
 def segmenter_factory(segmenter_cfg: Mapping[str, Any] | None):
     """(picklable callable that builds the configured segmenter, key naming its settings)."""
-    from hpa.segment.factory import build_segmenter
+    from hpa.segment.factory import segmenter_from_config
 
     if not segmenter_cfg:
         return None, ""
@@ -26,7 +26,7 @@ def segmenter_factory(segmenter_cfg: Mapping[str, Any] | None):
     digest = hashlib.blake2b(
         json.dumps(options, sort_keys=True, default=str).encode(), digest_size=4
     ).hexdigest()
-    return functools.partial(build_segmenter, name, **options), f"{name}-{digest}"
+    return functools.partial(segmenter_from_config, dict(segmenter_cfg)), f"{name}-{digest}"
 
 
 def build_datamodule(

@@ -42,7 +42,7 @@ def predict(cfg: DictConfig, explicit: set[str] | None = None) -> Path:
     from hpa.inference.predictor import PredictOptions, Predictor
     from hpa.inference.weights import resolve_model_weights
     from hpa.models.export import model_checksums
-    from hpa.segment.factory import build_segmenter
+    from hpa.segment.factory import segmenter_from_config
     from hpa.submission.writer import SubmissionWriter, prediction_string, read_sample_submission
 
     # A GPU this torch cannot run (a P100 with a cu128 build) stops here or falls back to the
@@ -55,8 +55,7 @@ def predict(cfg: DictConfig, explicit: set[str] | None = None) -> Path:
     classifiers = load_classifiers([m for m, _ in used], device)
     for classifier, (_, weight) in zip(classifiers, used, strict=True):
         classifier.weight = weight
-    segmenter_cfg = OmegaConf.to_container(cfg.segmenter, resolve=True)
-    segmenter = build_segmenter(segmenter_cfg.pop("name"), **segmenter_cfg)
+    segmenter = segmenter_from_config(container(cfg.segmenter))
     predictor = Predictor(classifiers, segmenter, options_from(cfg, PredictOptions))
     log.info(
         "predict: %d images, models %s (%s, weights %s) on %s, segmenter %s",
