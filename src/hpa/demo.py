@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from hpa.errors import InputError
-from hpa.synthetic.generator import SyntheticConfig, generate_atomically, is_generated
+from hpa.outputs import foreign
+from hpa.synthetic.generator import COMMAND, SyntheticConfig, generate_atomically
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def ensure_synthetic_data(
             f"{train_csv} and {Path(train_csv).stem}/ images (file names are case-sensitive), "
             "or leave data.root unset for the demo data"
         )
-    if root.is_dir() and any(root.iterdir()) and not is_generated(root):
+    if foreign(root, COMMAND):  # what generate_atomically would refuse, with the demo's advice
         raise InputError(
             f"{root} is not empty and has no {train_csv}; the demo will not write into a folder "
             "it did not make. Move it away, or set paths.data_dir to another folder"

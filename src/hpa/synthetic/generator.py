@@ -236,11 +236,6 @@ COMMAND = "hpa.synthetic"
 SAMPLE_SUBMISSION = "sample_submission.csv"
 
 
-def is_generated(folder: str | Path) -> bool:
-    """True for a folder the generator made (its marker is there)."""
-    return (Path(folder) / MARKER).is_file()
-
-
 def check_writable_target(out: str | Path) -> None:
     """`out` must be absent, empty, or hold only what the generator wrote (hpa.outputs)."""
     check_folder(out, "out", COMMAND)
@@ -318,6 +313,5 @@ __all__ = [
     "SyntheticConfig",
     "generate_dataset",
     "generate_atomically",
-    "is_generated",
     "render_sample",
 ]
