@@ -16,6 +16,7 @@ from hpa.cli import compose
 from hpa.ensemble import main as ensemble_main
 from hpa.ensemble import search_weights
 from hpa.errors import InputError
+from hpa.evaluate import evaluate
 from hpa.inference.classifiers import predict_probs
 from hpa.inference.combine import cell_weights
 from hpa.inference.tta import DIHEDRAL, augmentations, transform_names
@@ -405,6 +406,8 @@ def test_area_tuning_picks_a_border_constant_that_sinks_unannotated_border_fragm
     assert written["downweight"]["area"]["interior"] is None  # no gain: stays off
     assert written["area_scores"]["mAP_chosen"] == pytest.approx(1.0)
     assert written["area_scores"]["mAP_off"] == pytest.approx(2 / 3, abs=1e-4)
+    scored = evaluate(tmp_path / "sub.csv", truth, progress=False)["mAP"]  # one metric for both
+    assert written["area_scores"]["mAP_off"] == pytest.approx(scored, abs=1e-5)
     assert written["models"] == ["m/model"]  # the weights a first run wrote are kept
     settings = read_ensemble_file(out)
     assert settings["downweight.area.border"] == 400

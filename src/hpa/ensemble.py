@@ -281,10 +281,11 @@ def tune_area(cfg: DictConfig) -> dict[str, Any]:
     """Grid-search downweight.area.border/interior through the competition metric.
 
     `submission` must be predicted with the area weights off; each detection's confidence is
-    scaled as hpa.predict would (hpa.inference.combine.cell_weights' formula) and the set scored
-    against `truth_dir` for every pair of constants.
+    scaled as hpa.predict would (hpa.inference.combine.area_factors) and the set scored against
+    `truth_dir` for every pair of constants (hpa.evaluate's metric, the masks' IoUs computed once).
     """
-    from hpa.submission.metric import average_precision, mask_ious, match_image
+    from hpa.inference.combine import area_factors
+    from hpa.submission.metric import MeanAveragePrecision, mask_ious
     from hpa.submission.predictions import decode_masks, parse_prediction_string, read_submission
     from hpa.submission.truth import TruthSet
 
@@ -293,15 +294,14 @@ def tune_area(cfg: DictConfig) -> dict[str, Any]:
     frame = read_submission(cfg.submission).set_index("ID")
     truth = TruthSet(cfg.truth_dir)
     reference = float(cfg.area.reference_size)
-    images = []  # per image: detections, masks' (area, on border), iou, truth classes
-    n_truth = np.zeros(NUM_CLASSES, int)
+    images = []  # per image: detections, masks' (area, on border), shape, iou, truth ids, cells
     for sample_id in tqdm(truth.ids, desc="read", unit="img", disable=not cfg.progress):
         mask = truth.mask(sample_id)
         cells = truth.cell_classes.get(sample_id, {})
-        for classes in cells.values():
-            for c in set(classes):
-                n_truth[c] += 1
-        if sample_id not in frame.index:
+        if sample_id not in frame.index:  # its cells still count as truth, all missed
+            images.append(
+                ([], np.zeros(0), np.zeros(0, bool), mask.shape, np.zeros((0, 0)), [], cells)
+            )
             continue
         row = frame.loc[sample_id]
         where = f"submission row {sample_id}"
@@ -312,30 +312,17 @@ def tune_area(cfg: DictConfig) -> dict[str, Any]:
         edge = np.array(
             [m[0].any() or m[-1].any() or m[:, 0].any() or m[:, -1].any() for m in masks], bool
         )
-        scale = (max(mask.shape) / reference) ** 2
-        classes = [cells.get(int(t), ()) for t in truth_ids]
-        images.append((detections, area / scale, edge, iou, classes))
+        images.append((detections, area, edge, mask.shape, iou, truth_ids, cells))
 
     def score(border: float, interior: float) -> float | None:
-        conf = [[] for _ in range(NUM_CLASSES)]
-        tps = [[] for _ in range(NUM_CLASSES)]
-        for detections, area, edge, iou, classes in images:
-            limit = np.where(edge, border, interior)
-            factor = np.where(limit > 0, np.minimum(1.0, area / np.where(limit > 0, limit, 1)), 1.0)
+        metric = MeanAveragePrecision(float(cfg.iou_threshold))
+        for detections, area, edge, shape, iou, truth_ids, cells in images:
+            factor = area_factors(area, edge, shape, border, interior, reference)
             scaled = [
                 type(d)(d.class_id, d.confidence * factor[d.mask], d.mask) for d in detections
             ]
-            for d, tp in zip(
-                scaled, match_image(scaled, iou, classes, float(cfg.iou_threshold)), strict=True
-            ):
-                conf[d.class_id].append(d.confidence)
-                tps[d.class_id].append(bool(tp))
-        aps = [
-            average_precision(np.array(conf[c]), np.array(tps[c]), int(n_truth[c]))
-            for c in range(NUM_CLASSES)
-        ]
-        aps = [a for a in aps if a is not None]
-        return float(np.mean(aps)) if aps else None
+            metric.add_matches(scaled, iou, truth_ids, cells)
+        return metric.result()["mAP"]
 
     grid = [(float(b), float(i)) for b in cfg.area.borders for i in cfg.area.interiors]
     if (0.0, 0.0) not in grid:

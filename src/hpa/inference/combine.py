@@ -68,11 +68,30 @@ def cell_weights(
     areas = np.bincount(segmentation.cells.ravel(), minlength=int(cell_ids.max()) + 1)[cell_ids]
     if small != 1.0:
         weights[areas < small_fraction * np.median(areas)] *= small
-    if area_border or area_interior:
-        if reference_size <= 0:
-            raise InputError(f"downweight.area.reference_size={reference_size}: use a size > 0")
-        scale = (max(segmentation.cells.shape[:2]) / reference_size) ** 2
-        for where, full_area in ((on_border, area_border), (~on_border, area_interior)):
-            if full_area:
-                weights[where] *= np.minimum(1.0, areas[where] / (full_area * scale))
-    return weights
+    shape = segmentation.cells.shape[:2]
+    return weights * area_factors(
+        areas, on_border, shape, area_border, area_interior, reference_size
+    )
+
+
+def area_factors(
+    areas: np.ndarray,
+    on_border: np.ndarray,
+    shape: tuple[int, ...],
+    area_border: float | None,
+    area_interior: float | None,
+    reference_size: float = 2048.0,
+) -> np.ndarray:
+    """The area-scaled multipliers of cell_weights: min(1, area / area_border) for cells on the
+    border, min(1, area / area_interior) for the others, the two areas meant for an image of side
+    `reference_size` (the image's is max(`shape`)); None or 0 turns one off."""
+    factors = np.ones(len(areas), dtype=np.float64)
+    if not (area_border or area_interior):
+        return factors
+    if reference_size <= 0:
+        raise InputError(f"downweight.area.reference_size={reference_size}: use a size > 0")
+    scale = (max(shape[:2]) / reference_size) ** 2
+    for where, full_area in ((on_border, area_border), (~on_border, area_interior)):
+        if full_area:
+            factors[where] = np.minimum(1.0, areas[where] / (full_area * scale))
+    return factors

@@ -117,6 +117,17 @@ class MeanAveragePrecision:
     ) -> None:
         """One image: its detections, their decoded masks, truth labels and truth cell classes."""
         iou, truth_ids = mask_ious(masks, truth)
+        self.add_matches(detections, iou, truth_ids, truth_classes)
+
+    def add_matches(
+        self,
+        detections: Sequence[Detection],
+        iou: np.ndarray,
+        truth_ids: np.ndarray,
+        truth_classes: dict[int, Sequence[int]],
+    ) -> None:
+        """add_image with the masks' IoUs already computed (mask_ious): an image scored again
+        with other confidences (hpa.ensemble's area search) reuses them."""
         classes = [truth_classes.get(int(t), ()) for t in truth_ids]
         is_tp = match_image(detections, iou, classes, self.threshold)
         for det, tp in zip(detections, is_tp, strict=True):
