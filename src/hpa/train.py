@@ -397,7 +397,7 @@ def guard_run_folder(argv: list[str]) -> list[str]:
     import time
 
     overwrite = (_arg(argv, "overwrite") or "false").lower() in ("true", "1", "yes")
-    argv = [a for a in argv if not a.startswith("overwrite=")]
+    argv = [a for a in argv if not ("=" in a and override_key(a) == "overwrite")]
     multirun = any(a in ("-m", "--multirun") for a in argv)
     if _arg(argv, "ckpt_path") not in (None, "null", "") and not multirun:
         if _arg(argv, "hydra.output_subdir") is None:
