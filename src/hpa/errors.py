@@ -10,6 +10,9 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
+# The errnos of a full disk (EDQUOT: a full quota), as OSError reports them.
+NO_SPACE = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
+
 # What torch's DataLoader puts before an exception it re-raises from a worker process.
 _WORKER_MARK = "Original Traceback (most recent call last):"
 
@@ -89,7 +92,7 @@ def exit_on_input_error(fn: Callable[..., T]) -> Callable[..., T]:
                     file=sys.stderr,
                 )
                 sys.exit(2)
-            if err.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            if err.errno not in NO_SPACE:
                 raise
             _end_progress_bars()
             where = f" writing {err.filename}" if err.filename else ""

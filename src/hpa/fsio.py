@@ -10,7 +10,6 @@ naming the folder, how much was needed and how much is free (exit 2 through the 
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import shutil
@@ -18,9 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from hpa.errors import InputError
-
-_NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+from hpa.errors import NO_SPACE, InputError
 
 
 class DiskFullError(InputError):
@@ -59,7 +56,7 @@ def disk_full_message(folder: str | Path, needed: int | None = None) -> str:
 
 
 def is_disk_full(err: BaseException) -> bool:
-    return isinstance(err, OSError) and err.errno in _NO_SPACE
+    return isinstance(err, OSError) and err.errno in NO_SPACE
 
 
 @contextlib.contextmanager

@@ -17,8 +17,7 @@ import pandas as pd
 from hpa.errors import InputError
 from hpa.fsio import disk_full_as_error, write_text
 from hpa.inputs import read_table
-
-COLUMNS = ["ID", "ImageWidth", "ImageHeight", "PredictionString"]
+from hpa.submission.predictions import COLUMNS
 
 
 def read_sample_submission(path: str | Path) -> pd.DataFrame:
