@@ -88,12 +88,21 @@ def atomic_path(path: str | Path, needed: int | None = None) -> Iterator[Path]:
     with disk_full_as_error(path.parent, needed):
         try:
             yield tmp
-            _fsync_file(tmp)
-            os.replace(tmp, path)
+            move_into_place(tmp, path)
         finally:
             # Ours alone: the temp name carries this process's id.
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
+
+
+def move_into_place(src: str | Path, path: str | Path) -> Path:
+    """Rename `src` (a finished temp file, or a folder) over `path`, a file flushed to disk
+    first: a reader sees the old `path` or the whole new one. Every rename hpa does is this one."""
+    src, path = Path(src), Path(path)
+    if src.is_file():
+        _fsync_file(src)
+    os.replace(src, path)
+    return path
 
 
 def _fsync_file(path: Path) -> None:
@@ -210,6 +219,7 @@ __all__ = [
     "disk_full_message",
     "free_bytes",
     "is_disk_full",
+    "move_into_place",
     "temp_path",
     "write_bytes",
     "write_json",

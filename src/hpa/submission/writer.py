@@ -6,7 +6,6 @@ import contextlib
 import csv
 import errno
 import json
-import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from hpa.errors import InputError
-from hpa.fsio import disk_full_as_error, write_text
+from hpa.fsio import disk_full_as_error, move_into_place, write_text
 from hpa.inputs import read_table
 from hpa.submission.predictions import COLUMNS
 
@@ -108,12 +107,7 @@ class SubmissionWriter:
     def commit(self) -> Path:
         """Move the finished file into place (flushed first); the partial files go."""
         with self._writing():
-            fd = os.open(self.partial, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            self.partial.replace(self.path)
+            move_into_place(self.partial, self.path)
         self.meta.unlink(missing_ok=True)
         return self.path
 
