@@ -483,12 +483,9 @@ def main() -> None:
         if "=" in arg and override_key(arg) == "paths.output_dir":
             given, other = arg.split("=", 1)[1], _arg(argv, key)
             if other is not None and other != given:  # one folder guarded, another written
-                print(
-                    f"error: paths.output_dir={given} and {key}={other} name two folders; "
-                    "give one of them",
-                    file=sys.stderr,
+                raise InputError(
+                    f"paths.output_dir={given} and {key}={other} name two folders; give one of them"
                 )
-                sys.exit(2)
             argv[i] = f"{key}={given}"
     # The contract's `hydra/sweeper=optuna` maximises (the plugin's default is to minimise).
     if "hydra/sweeper=optuna" in argv and _arg(argv, "hydra.sweeper.direction") is None:
@@ -517,8 +514,7 @@ def main() -> None:
                     or _missing_extra(argv)
                     or "bad override or config (see above)"
                 )
-                print(f"error: {what}; {hint}", file=sys.stderr)
-                sys.exit(2)
+                raise InputError(f"{what}; {hint}") from None
             raise
 
 
