@@ -18,8 +18,8 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable, Collection, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -174,7 +174,6 @@ def _run(cache: ArrayCache, source: Path, size: int, rows: list[int], workers: i
     """Decode `rows` in parallel; mark each as done or bad; return the bad ones' report rows."""
     if not rows:
         return {}
-    bad: dict[str, dict[str, str]] = {}
     finished: dict[int, list[int]] = {DONE: [], BAD: []}
 
     def flush() -> None:
@@ -182,21 +181,39 @@ def _run(cache: ArrayCache, source: Path, size: int, rows: list[int], workers: i
             cache.mark(done, value)
             done.clear()
 
-    pool = ProcessPoolExecutor(
-        min(workers, len(rows)), initializer=die_with_parent, initargs=(os.getpid(),)
-    )
-    try:
-        futures = [
+    def settle(future: Future) -> tuple[str, str, str]:
+        row, file, reason = future.result()
+        finished[BAD if reason else DONE].append(row)
+        return cache.keys[row], file, reason
+
+    def submit(pool: ProcessPoolExecutor) -> list[Future]:
+        return [
             pool.submit(_prepare_one, source, cache.keys[r], size, cache.data_path, r) for r in rows
         ]
+
+    return decode_in_parallel(min(workers, len(rows)), submit, f"prepare {size} px", settle, flush)
+
+
+def decode_in_parallel(
+    workers: int,
+    submit: Callable[[ProcessPoolExecutor], Collection[Future]],
+    desc: str,
+    settle: Callable[[Future], tuple[str, str, str]],
+    flush: Callable[[], None],
+) -> dict[str, dict[str, str]]:
+    """Run the samples `submit` queues on a pool of `workers`, under a progress bar; `settle`
+    takes one finished and says (ID, file, reason: "" when it is fine). Finished rows are
+    flushed at most every FLUSH_S and at the end, an interrupt included. The bad ones' report."""
+    bad: dict[str, dict[str, str]] = {}
+    pool = ProcessPoolExecutor(workers, initializer=die_with_parent, initargs=(os.getpid(),))
+    try:
+        futures = submit(pool)
         last = time.monotonic()
-        bar = tqdm(as_completed(futures), total=len(rows), desc=f"prepare {size} px", unit="img")
-        for future in bar:
-            row, file, reason = future.result()
+        for future in tqdm(as_completed(futures), total=len(futures), desc=desc, unit="img"):
+            sample_id, file, reason = settle(future)
             if reason:
-                bad[cache.keys[row]] = {"ID": cache.keys[row], "file": file, "reason": reason}
-                tqdm.write(f"skipped {cache.keys[row]}: {reason}", file=sys.stderr)
-            finished[BAD if reason else DONE].append(row)
+                bad[sample_id] = {"ID": sample_id, "file": file, "reason": reason}
+                tqdm.write(f"skipped {sample_id}: {reason}", file=sys.stderr)
             if time.monotonic() - last >= FLUSH_S:
                 flush()
                 last = time.monotonic()

@@ -12,14 +12,12 @@ skipped, like a bad file for hpa.prepare.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import shutil
-import sys
 import time
 import zipfile
 import zlib
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,15 +30,14 @@ from hpa.data.images import CHANNELS, EXTENSIONS, decode_channel, resize, stack_
 from hpa.errors import InputError
 from hpa.fsio import atomic_path
 from hpa.prepare import (
-    FLUSH_S,
     PrepareResult,
     check_space,
+    decode_in_parallel,
     open_or_create,
     read_report,
     write_report,
     writing_cache,
 )
-from hpa.signals import die_with_parent
 
 IMAGE_DIRS = ("train", "test")
 # A member that cannot be read as it should: its bytes fail the CRC or do not inflate.
@@ -143,7 +140,6 @@ def _run(
     """Decode each sample of `jobs` once, write its rows, mark them; return the bad ones."""
     if not jobs:
         return {}
-    bad: dict[str, dict[str, str]] = {}
     caches = {id(c): c for targets in jobs.values() for _, c, _ in targets}
     finished: dict[tuple[int, int], list[int]] = {}
 
@@ -152,37 +148,24 @@ def _run(
             caches[key].mark(rows, value)
             rows.clear()
 
-    pool = ProcessPoolExecutor(
-        min(workers, len(jobs)), initializer=die_with_parent, initargs=(os.getpid(),)
-    )
-    try:
-        futures = {
-            pool.submit(
-                _decode_one,
-                archive,
-                samples[sid],
-                [(size, cache.data_path, row) for size, cache, row in targets],
-            ): sid
-            for sid, targets in jobs.items()
-        }
-        last = time.monotonic()
-        sizes = sorted({size for targets in jobs.values() for size, _, _ in targets})
-        desc = f"{image_dir} {'+'.join(map(str, sizes))} px from {archive.name}"
-        for future in tqdm(as_completed(futures), total=len(futures), desc=desc, unit="img"):
-            sid = futures[future]
-            file, reason = future.result()
-            if reason:
-                bad[sid] = {"ID": sid, "file": file, "reason": reason}
-                tqdm.write(f"skipped {sid}: {reason}", file=sys.stderr)
-            for _, cache, row in jobs[sid]:
-                finished.setdefault((id(cache), BAD if reason else DONE), []).append(row)
-            if time.monotonic() - last >= FLUSH_S:
-                flush()
-                last = time.monotonic()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        flush()  # rows finished before an interrupt are kept
-    return bad
+    futures: dict[Future, str] = {}
+
+    def submit(pool: ProcessPoolExecutor) -> dict[Future, str]:
+        for sid, targets in jobs.items():
+            rows = [(size, cache.data_path, row) for size, cache, row in targets]
+            futures[pool.submit(_decode_one, archive, samples[sid], rows)] = sid
+        return futures
+
+    def settle(future: Future) -> tuple[str, str, str]:
+        sid = futures[future]
+        file, reason = future.result()
+        for _, cache, row in jobs[sid]:
+            finished.setdefault((id(cache), BAD if reason else DONE), []).append(row)
+        return sid, file, reason
+
+    sizes = sorted({size for targets in jobs.values() for size, _, _ in targets})
+    desc = f"{image_dir} {'+'.join(map(str, sizes))} px from {archive.name}"
+    return decode_in_parallel(min(workers, len(jobs)), submit, desc, settle, flush)
 
 
 _open_zips: dict[Path, zipfile.ZipFile] = {}  # per worker process: its central directory read once
