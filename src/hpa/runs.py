@@ -540,7 +540,7 @@ def plot_history(runs: list[Run], out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from hpa.fsio import atomic_path
+    from hpa.viz import figures
 
     drawn = [r for r in runs if r.history]
     if not drawn:
@@ -569,12 +569,7 @@ def plot_history(runs: list[Run], out: Path) -> Path:
     if len(drawn) <= 20:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.12))
     out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with atomic_path(out) as tmp:
-            fig.savefig(tmp, dpi=100, bbox_inches="tight")
-    finally:
-        plt.close(fig)
-    return out
+    return figures.save(fig, out)
 
 
 def default_root() -> Path:

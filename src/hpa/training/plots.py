@@ -12,27 +12,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from hpa.fsio import atomic_path  # noqa: E402
 from hpa.viz import draw, figures  # noqa: E402
 
 
-def _save(fig, path: Path) -> Path:
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=100, bbox_inches="tight")
-    finally:
-        plt.close(fig)
-    return path
-
-
 def plot_ap_bars(ap_per_class: Mapping[str, float | None], path: Path) -> Path:
-    return _save(figures.ap_bars(ap_per_class), path)
+    return figures.save(figures.ap_bars(ap_per_class), path)
 
 
 def plot_pr_curves(
     probs: torch.Tensor, targets: torch.Tensor, class_names: Sequence[str], path: Path
 ) -> Path:
-    return _save(figures.pr_curves(probs.numpy(), targets.numpy(), class_names), path)
+    return figures.save(figures.pr_curves(probs.numpy(), targets.numpy(), class_names), path)
 
 
 def composite(image: np.ndarray) -> np.ndarray:
@@ -60,4 +50,4 @@ def plot_samples(
         pred = np.flatnonzero(probs[i].numpy() >= threshold).tolist()
         ok = set(true) == set(pred)
         ax.set_title(f"true {true}\npred {pred}", fontsize=8, color="green" if ok else "red")
-    return _save(fig, path)
+    return figures.save(fig, path)

@@ -1,13 +1,14 @@
 """Matplotlib figures of a run's validation predictions and of a benchmark, as PNG bytes or files.
 
 Each function takes plain arrays and returns a Figure; `png` renders one to bytes (for an HTML
-report) and closes it. hpa.training.plots saves the same figures as files in a run's plots/.
+report) and closes it, `save` writes one to a file. hpa.training.plots saves the same figures as files in a run's plots/.
 """
 
 from __future__ import annotations
 
 import io
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import matplotlib
 
@@ -24,6 +25,18 @@ def png(fig, dpi: int = 80) -> bytes:
         return buf.getvalue()
     finally:
         plt.close(fig)
+
+
+def save(fig, path: Path, dpi: int = 100) -> Path:
+    """The figure as an image file at `path` (written whole, hpa.fsio); the figure is closed."""
+    from hpa.fsio import atomic_path
+
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return path
 
 
 def ap_bars(ap_per_class: Mapping[str, float | None]):
