@@ -88,13 +88,71 @@ def test_the_cycle_finder_finds_cycles():
 
 
 def test_files_are_replaced_only_through_fsio():
-    """One way to write a file atomically: no module renames files over others by hand."""
+    """One way to write a file atomically: no module makes its own temp names by hand."""
     offenders = []
     for path in SRC.rglob("*.py"):
         if path.name == "fsio.py":
             continue
         text = path.read_text()
-        for needle in (".replace(path)", "os.replace(", ".tmp-{os.getpid()}", '.tmp"'):
+        for needle in (".tmp-{os.getpid()}", '.tmp"'):
             if needle in text:
                 offenders.append(f"{path.relative_to(SRC)}: {needle}")
     assert not offenders, offenders
+
+
+MOVES = {"rename", "renames", "replace", "move"}
+# Modules that rename files themselves, each with its reason: every other module calls
+# hpa.fsio (atomic_path, atomic_dir, move_into_place), so a rename is flushed and atomic.
+RENAMERS = {"fsio.py": "the one implementation of atomic writes and moves"}
+
+
+def renames(source: str) -> list[str]:
+    """Each call in `source` that moves a file or folder: os.rename/replace/renames, shutil.move,
+    Path.rename/replace, however imported or aliased, and a path's own .rename(x)/.replace(x)
+    (one argument, which str.replace never takes)."""
+    tree = ast.parse(source)
+    movers = {"os", "shutil", "Path"}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            movers |= {a.asname for a in node.names if a.asname and a.name in ("os", "shutil")}
+        elif isinstance(node, ast.ImportFrom) and node.module in ("os", "shutil", "pathlib"):
+            movers |= {a.asname or a.name for a in node.names if a.name == "Path"}
+            found += [f"line {node.lineno}: import {a.name}" for a in node.names if a.name in MOVES]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            receiver = node.func.value
+            on_module = isinstance(receiver, ast.Name) and receiver.id in movers
+            one_target = len(node.args) == 1 and not node.keywords
+            if node.func.attr in MOVES and (on_module or one_target):
+                found.append(f"line {node.lineno}: {ast.unparse(node.func)}")
+    return found
+
+
+def test_only_fsio_renames_files():
+    offenders = [
+        f"{path.relative_to(SRC)} {call}"
+        for path in sorted(SRC.rglob("*.py"))
+        if str(path.relative_to(SRC)) not in RENAMERS
+        for call in renames(path.read_text())
+    ]
+    assert not offenders, "rename through hpa.fsio (move_into_place):\n" + "\n".join(offenders)
+
+
+def test_the_rename_finder_finds_every_spelling():
+    source = """
+import os as o
+import shutil
+from os import replace
+from pathlib import Path as P
+o.rename(a, b)
+os.replace(a, b)
+shutil.move(a, b)
+P.rename(a, b)
+(folder / name).rename(aside / name)
+tmp.replace(path)
+text.replace("'", "x")
+frame.rename(columns={"a": "b"})
+"""
+    found = renames(source)
+    assert [f.split(":")[0] for f in found] == [f"line {n}" for n in (4, 6, 7, 8, 9, 10, 11)], found

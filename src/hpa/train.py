@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hpa.cli import override_key
 from hpa.errors import InputError, exit_on_input_error
-from hpa.fsio import verify_checksum
+from hpa.fsio import move_into_place, verify_checksum
 from hpa.inputs import check_regular_file
 from hpa.outputs import claim_names, lock
 
@@ -385,7 +385,7 @@ def move_aside(folder: Path) -> Path:
 
     for name in (*RUN_FILES, MANIFEST):  # the old run's record of its files goes with them
         if (folder / name).exists():
-            (folder / name).rename(aside / name)
+            move_into_place(folder / name, aside / name)
     return aside
 
 
