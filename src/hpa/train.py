@@ -526,10 +526,13 @@ def precompose(argv: list[str]) -> None:
 
     if any(a in ("-m", "--multirun") for a in argv) or _missing_extra(argv):
         return
-    overrides = [
+    overrides = [  # Hydra's own settings and guard_run_folder's overwrite left out
         a
         for a in argv
-        if not a.startswith(("hydra.", "hydra/", "+hydra", "-", "overwrite=")) and "=" in a
+        if "=" in a
+        and not a.startswith("-")
+        and not override_key(a).startswith(("hydra.", "hydra/"))
+        and override_key(a) != "overwrite"
     ]
     try:
         compose("train", overrides, check=False)
