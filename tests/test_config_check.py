@@ -15,7 +15,7 @@ import pytest
 from omegaconf import OmegaConf
 
 import hpa.train
-from hpa.cli import compose, override_problem
+from hpa.cli import compose, override_key, override_problem
 from hpa.config_check import RULES, check_config
 from hpa.errors import InputError
 from procs import child_env
@@ -202,6 +202,20 @@ def test_parsable_overrides_have_no_problem(arg):
 def test_unparsable_override_is_named_with_the_fix(arg, hint):
     problem = override_problem(arg)
     assert problem.startswith(f"cannot parse the override `{arg}`") and hint in problem
+
+
+@pytest.mark.parametrize("prefix", ["", "+", "++"])
+def test_every_command_reads_an_overrides_key_past_its_prefix(prefix):
+    from hpa.benchmark import merge_overrides
+    from hpa.predict import override_keys
+    from hpa.runs import parse_filter
+    from hpa.train import run_folder
+
+    assert override_key(f"{prefix}data.root=/x=y") == "data.root"
+    assert merge_overrides([f"{prefix}seed=1"], ["seed=2"]) == ["seed=2"]
+    assert override_keys([f"{prefix}seed=1", "~tta"]) == {"seed"}
+    assert parse_filter(f"{prefix}seed!=1") == ("seed", "1", False)
+    assert run_folder([f"{prefix}hydra.run.dir=/runs/a"]) == Path("/runs/a")
 
 
 def test_unicode_path_in_a_command_says_to_quote_it(tmp_path):
