@@ -1,7 +1,8 @@
 """Matplotlib figures of a run's validation predictions and of a benchmark, as PNG bytes or files.
 
 Each function takes plain arrays and returns a Figure; `png` renders one to bytes (for an HTML
-report) and closes it, `save` writes one to a file. hpa.training.plots saves the same figures as files in a run's plots/.
+report) and `save` to a file, each closing it. hpa.training.plots saves the same figures as files
+in a run's plots/; hpa.runs --plot its history chart.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ matplotlib.use("Agg")  # headless: training runs over SSH and in notebooks
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from hpa.fsio import atomic_path  # noqa: E402
+
 
 def png(fig, dpi: int = 80) -> bytes:
     """The figure as PNG bytes; the figure is closed."""
@@ -29,8 +32,6 @@ def png(fig, dpi: int = 80) -> bytes:
 
 def save(fig, path: Path, dpi: int = 100) -> Path:
     """The figure as an image file at `path` (written whole, hpa.fsio); the figure is closed."""
-    from hpa.fsio import atomic_path
-
     try:
         with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
