@@ -280,12 +280,16 @@ def train_tiny(tmp: Path, name: str, *overrides: str) -> Path:
         sys.executable,
         "-m",
         "hpa.train",
-        "model.backbone=resnet18",
+        # timm's test_resnet learns the synthetic classes as well as resnet18 did, in a fraction
+        # of the time (tests/learning.py: real 0.51-0.55 vs shuffled 0.14-0.15 over seeds).
+        "model.backbone=test_resnet",
+        "model.pretrained=false",
+        "optimizer.lr=5e-3",
         "data.synthetic.n_images=300",
         "data.synthetic.image_size=64",
         "data.synthetic.cells_per_image=[3,5]",
         "data.synthetic.skew=0.3",
-        "trainer.max_epochs=8",
+        "trainer.max_epochs=12",
         "data.num_workers=0",
         f"paths.data_dir={tmp / 'data'}",
         f"paths.output_dir={tmp / name}",
@@ -300,9 +304,7 @@ def train_tiny(tmp: Path, name: str, *overrides: str) -> Path:
 def test_trained_models_beat_untrained_ones_end_to_end(tmp_path):
     """Train tiny image and cell models, predict a fresh synthetic test set, score it."""
     image_model = train_tiny(tmp_path, "image", "data.image_size=64")
-    cell_model = train_tiny(
-        tmp_path, "cell", "data=cells", "data.image_size=32", "trainer.max_epochs=6"
-    )
+    cell_model = train_tiny(tmp_path, "cell", "data=cells", "data.image_size=32")
     assert '"level": "cell"' in (cell_model / "config.json").read_text()
     cfg = SyntheticConfig(
         n_images=20,
@@ -322,6 +324,11 @@ def test_trained_models_beat_untrained_ones_end_to_end(tmp_path):
         return evaluate(out, truth, progress=False)["mAP"]
 
     untrained = score([export_untrained(tmp_path / "untrained", "image", 64)], "untrained")
-    assert score([image_model], "image") > untrained + 0.1
-    assert score([cell_model], "cell") > untrained + 0.1
-    assert score([image_model, cell_model], "both") > untrained + 0.1
+    scores = {
+        "image": score([image_model], "image"),
+        "cell": score([cell_model], "cell"),
+        "both": score([image_model, cell_model], "both"),
+    }
+    print(f"untrained {untrained:.4f}, trained {scores}")
+    for name, value in scores.items():
+        assert value > untrained + 0.1, (name, value, untrained)
