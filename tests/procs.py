@@ -39,13 +39,16 @@ def signal_when(
     sig: int = signal.SIGTERM,
     group: bool = False,
     cwd: Path | None = None,
+    release: Path | None = None,
 ) -> Stopped:
     """Run `cmd` until `ready` exists (or it ends, or `timeout_s` pass), `settle_s` more, then send
     it `sig` (`group`: to its whole process group) and wait up to `timeout_s` for it to end.
 
     The command runs in a session of its own, so `os.killpg(stopped.pid, 0)` afterwards tells
     whether any of its processes outlived it. Its output goes to files, not pipes: a command that
-    writes much before it is ready never blocks on a full pipe."""
+    writes much before it is ready never blocks on a full pipe. `release`: a file created right
+    after the signal (tests/faultboot.py's MARKER.go), so a paused pool worker, which leaves
+    SIGTERM to its parent, finishes its sample and the parent's shutdown is not held up by it."""
     # Read back in text mode, as `text=True` pipes would be: universal newlines, locale encoding.
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(
@@ -61,6 +64,8 @@ def signal_when(
             else:  # a group that has ended already: the caller's checks say so
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, sig)
+            if release is not None:
+                release.touch()
             proc.wait(timeout=timeout_s)
         finally:
             if proc.poll() is None:  # it did not end in time: none of it outlives the test

@@ -30,6 +30,8 @@ from procs import child_env, signal_when
 from test_kaggle_push import kaggle  # noqa: F401  the recording fake CLI, on PATH
 from tiny_train import tiny
 
+FAULTBOOT = Path(__file__).with_name("faultboot.py")  # runs a command with a pause point
+
 ARCHIVE = f"{COMPETITION}.zip"
 SIZES = [32, 48]
 BAD_FILE = "train/{}_green.png"
@@ -221,11 +223,18 @@ def test_a_kill_while_decoding_then_a_rerun_finishes_the_caches(
     tmp_path, fake, reference, sig, capsys
 ):
     out = tmp_path / "hpa"
-    ready = cache_dir(out, "train", SIZES[-1]) / "manifest.json"  # decoding has begun
+    # The decoding worker pauses after its third image (the cache has rows, others are to do)
+    # and the command is killed there: mid-way on any machine, however fast it decodes.
+    paused = tmp_path / "paused"
+    pause = ["hpa.kaggle.archive:_decode_one@3", str(paused)]
+    command = [sys.executable, str(FAULTBOOT), *pause, "--", "hpa.kaggle", *run_data(out)[3:]]
     stopped = signal_when(
-        run_data(out), ready, env=child_env(), timeout_s=120, settle_s=0.0, sig=sig, group=True
-    )
-    assert stopped.returncode in (143, -signal.SIGKILL, 0), stopped.stderr
+        command, paused, env=child_env(), timeout_s=120, settle_s=0.0, sig=sig, group=True,
+        release=Path(f"{paused}.go"),
+    )  # fmt: skip
+    assert stopped.returncode == (143 if sig == signal.SIGTERM else -sig), stopped.stderr
+    state = (cache_dir(out, "train", SIZES[0]) / "state.u8").read_bytes()
+    assert set(state) != {DONE}, "killed after the decoding, not during it"
     fake.forget_calls()
     get(out)
     assert not any(c[:2] == ["competitions", "download"] for c in calls(fake))  # not again
