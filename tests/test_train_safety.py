@@ -16,6 +16,8 @@ from hpa.errors import InputError, one_line
 from procs import child_env, signal_when
 from tiny_train import tiny
 
+FAULTBOOT = Path(__file__).with_name("faultboot.py")  # runs a command with a pause point
+
 HELPERS = Path(__file__).resolve().parent / "helpers"
 
 
@@ -176,26 +178,30 @@ def test_resume_with_another_backbone_is_one_line(tiny_dataset, tmp_path):
 @pytest.mark.parametrize("target", ["process", "group"])
 def test_sigterm_saves_a_resumable_checkpoint_and_exits_143(target, tiny_dataset, tmp_path):
     out = tmp_path / "run"
-    # resnet18 at 64 px with batch 2 and two workers: epochs of ~1 s, long enough to stop midway.
+    # Two loader workers, so that the group's SIGTERM reaches workers too.
     args = tiny(
         tiny_dataset,
         out,
-        "trainer.max_epochs=8",
+        "trainer.max_epochs=3",
         "data.batch_size=2",
-        "data.image_size=64",
         "data.num_workers=2",
         "data.persistent_workers=false",
-        "model.backbone=resnet18",
     )
     last = out / "checkpoints" / "last.ckpt"
+    # The run pauses once epoch 0's checkpoints (best.ckpt, last.ckpt) are written; the signal
+    # arrives there and the run goes on into epoch 1, where it stops: mid-run on any machine,
+    # however short its epochs.
+    paused = tmp_path / "paused"
+    pause = ["hpa.training.checkpointing:AtomicCheckpointIO.save_checkpoint@2", str(paused)]
     stopped = signal_when(
-        [sys.executable, "-m", "hpa.train", *args],
-        last,
+        [sys.executable, str(FAULTBOOT), *pause, "--", "hpa.train", *args],
+        paused,
         env=env(),
         cwd=tmp_path,
         timeout_s=600,
-        settle_s=0.5,  # into the next epoch
+        settle_s=0,
         group=target == "group",
+        release=Path(f"{paused}.go"),
     )
     assert stopped.returncode == 143, stopped.stderr[-3000:]
     assert "Traceback" not in stopped.stderr + stopped.stdout
@@ -209,7 +215,7 @@ def test_sigterm_saves_a_resumable_checkpoint_and_exits_143(target, tiny_dataset
     r = run([*args, f"ckpt_path={last}"], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"(epoch {state['epoch']}, step {state['global_step']};" in r.stdout + r.stderr
-    assert json.loads((out / "metrics.json").read_text())["epochs_run"] == 8
+    assert json.loads((out / "metrics.json").read_text())["epochs_run"] == 3
 
 
 # 4. A full disk: one line, exit 2, and no truncated checkpoint where a good one should be.
