@@ -349,9 +349,14 @@ def holds_run(folder: Path) -> list[str]:
     return found
 
 
+def _sets(arg: str, key: str) -> bool:
+    """Whether the command-line argument `arg` is an override of `key` (`key=v`, `+key=v`, ...)."""
+    return "=" in arg and override_key(arg) == key
+
+
 def _arg(argv: list[str], key: str) -> str | None:
     """The last value `argv` gives `key` (`key=v`, `+key=v` or `++key=v`); None if none."""
-    values = [a.split("=", 1)[1] for a in argv if "=" in a and override_key(a) == key]
+    values = [a.split("=", 1)[1] for a in argv if _sets(a, key)]
     return values[-1] if values else None
 
 
@@ -397,7 +402,7 @@ def guard_run_folder(argv: list[str]) -> list[str]:
     import time
 
     overwrite = (_arg(argv, "overwrite") or "false").lower() in ("true", "1", "yes")
-    argv = [a for a in argv if not ("=" in a and override_key(a) == "overwrite")]
+    argv = [a for a in argv if not _sets(a, "overwrite")]
     multirun = any(a in ("-m", "--multirun") for a in argv)
     if _arg(argv, "ckpt_path") not in (None, "null", "") and not multirun:
         if _arg(argv, "hydra.output_subdir") is None:
@@ -480,7 +485,7 @@ def main() -> None:
     multirun = any(a in ("-m", "--multirun") for a in argv)
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     for i, arg in enumerate(argv):
-        if "=" in arg and override_key(arg) == "paths.output_dir":
+        if _sets(arg, "paths.output_dir"):
             given, other = arg.split("=", 1)[1], _arg(argv, key)
             if other is not None and other != given:  # one folder guarded, another written
                 raise InputError(
@@ -532,7 +537,7 @@ def precompose(argv: list[str]) -> None:
         if "=" in a
         and not a.startswith("-")
         and not override_key(a).startswith(("hydra.", "hydra/"))
-        and override_key(a) != "overwrite"
+        and not _sets(a, "overwrite")
     ]
     try:
         compose("train", overrides, check=False)
