@@ -213,6 +213,7 @@ def test_merged_root_feeds_prepare_and_training(sources):
         "data.pin_memory=false",
         "trainer.max_epochs=1",
         "trainer.accelerator=cpu",
+        "report=false",
         f"paths.output_dir={sources / 'run'}",
     ]
     result = subprocess.run(train, env=env, capture_output=True, text=True, timeout=900)

@@ -129,6 +129,7 @@ def _train_argv(run: Run) -> list[str]:
         "trainer.accelerator=cpu",
         "trainer.max_epochs=3",
         "logger=csv",
+        "report=false",  # no pictures (tests/tiny_train.py)
         f"paths.output_dir={run.out / 'run'}",
     ]
 

@@ -154,9 +154,11 @@ def test_model_mil_and_data_bags_go_together():
 def test_tiny_mil_training_exports_a_cell_model_that_predict_runs(tiny_dataset, tmp_path):
     out = tmp_path / "run"
     bags = ["model=mil", "data=bags", "data.cells_per_image=3"]
-    cfg = compose("train", tiny(tiny_dataset, out, *bags, batch_size=4))
+    cfg = compose("train", tiny(tiny_dataset, out, *bags, "report=true", batch_size=4))
     metrics = train(cfg)
     assert np.isfinite(metrics["val/mAP"])
+    # The pictures show a bag's cell crops (its preview), in plots/ and in the report.
+    assert (out / "plots" / "val_samples.png").is_file() and (out / "report.html").is_file()
     config = json.loads((out / "model" / "config.json").read_text())
     assert config["level"] == "cell" and config["image_size"] == 32
     assert config["cell_margin"] == pytest.approx(0.05)

@@ -240,6 +240,7 @@ def test_tiny_cell_training_with_cell_targets(weak_set, tmp_path):
     metrics = train(compose("train", overrides))
     assert math.isfinite(metrics["val/mAP"])
     assert (tmp_path / "run" / "oof.csv").is_file()
+    assert (tmp_path / "run" / "report.html").is_file()  # report=true by default: cells drawn
 
 
 def _write(frame: pd.DataFrame, path) -> str:

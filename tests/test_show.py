@@ -206,7 +206,7 @@ def run_dir(tiny_dataset, tmp_path_factory) -> Path:
     from tiny_train import tiny
 
     out = tmp_path_factory.mktemp("report") / "run"
-    train(compose("train", tiny(tiny_dataset, out, "trainer.max_epochs=2")))
+    train(compose("train", tiny(tiny_dataset, out, "trainer.max_epochs=2", "report=true")))
     return out
 
 
@@ -249,6 +249,22 @@ def test_report_on_demand_redraws_it_from_the_run_folder(run_dir, capsys):
     assert_renders(page)
 
 
+def test_report_false_keeps_the_data_and_hpa_show_draws_it_later(tiny_dataset, tmp_path, capsys):
+    from hpa.cli import compose
+    from hpa.train import train
+    from tiny_train import tiny
+
+    out = tmp_path / "run"
+    train(compose("train", tiny(tiny_dataset, out, "report=false")))
+    # What the pictures are drawn from is written; the pictures are not.
+    assert (out / "oof.csv").is_file() and (out / "report_data.npz").is_file()
+    assert (out / "metrics.json").is_file() and (out / "model" / "model.safetensors").is_file()
+    assert not (out / "report.html").exists() and not (out / "plots").exists()
+    main([f"run={out}"])
+    assert f"wrote {out / 'report.html'}" in capsys.readouterr().out
+    assert_renders(out / "report.html")
+
+
 def test_a_report_that_fails_to_draw_does_not_fail_the_run(tmp_path, caplog):
     from hpa.training.finish import write_report
 
@@ -259,7 +275,7 @@ def test_a_report_that_fails_to_draw_does_not_fail_the_run(tmp_path, caplog):
 
     probs, targets = torch_pair(5)
     with caplog.at_level("WARNING"):
-        assert write_report(Broken(), probs, targets, tmp_path, True) is None
+        assert write_report(Broken(), probs, targets, tmp_path, True, draw=True) is None
     lines = [r.getMessage() for r in caplog.records if "report" in r.getMessage()]
     assert lines == ["report: not written (RuntimeError: no validation set)"]
     assert not (tmp_path / "report.html").exists()

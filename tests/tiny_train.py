@@ -5,7 +5,7 @@ from __future__ import annotations
 
 def tiny(data_root, out, *extra: str, batch_size: int = 8, n_folds: int = 4) -> list[str]:
     """Overrides for a seconds-long CPU run on the tiny synthetic set: test_resnet at 32 px, one
-    epoch, CSV logs, into `out` (None: no paths.output_dir, the caller sets it), then `extra`."""
+    epoch, CSV logs, no pictures (report=false), into `out` (None: no paths.output_dir, the caller sets it), then `extra`."""
     return [
         f"data.root={data_root}",
         "data.synthetic=null",
@@ -18,6 +18,9 @@ def tiny(data_root, out, *extra: str, batch_size: int = 8, n_folds: int = 4) -> 
         "trainer.accelerator=cpu",
         "trainer.max_epochs=1",
         "logger=csv",
+        # No pictures: drawing them is most of a tiny run's time; tests of plots/ and
+        # report.html ask for them with report=true.
+        "report=false",
         *([] if out is None else [f"paths.output_dir={out}"]),
         *extra,
     ]

@@ -205,6 +205,7 @@ _TRAIN: dict[str, Rule] = {
     "model.global_pool": choice("avg", "max", "avgmax", "catavgmax", "gem", nullable=True),
     "tune": boolean(),
     "export": boolean(),
+    "report": boolean(),
 }
 
 

@@ -64,12 +64,24 @@ class Stopped(Exception):
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train as configured; return the metrics of the best checkpoint."""
+    from hpa.config_check import check_config
+
+    # Bad input is one line in a few seconds: checked before the heavy imports (Lightning,
+    # timm: seconds each) and before the model and the data are built.
+    check_config(cfg, "train")
+    from hpa.demo import check_data_root, ensure_synthetic_data
+
+    check_data_root(cfg.data.root, cfg.data.train_csv, cfg.data.get("synthetic"))
+    ckpt_path = check_ckpt(cfg.ckpt_path)
+    if cfg.model.get("backbone"):
+        from hpa.models.factory import check_backbone
+
+        check_backbone(cfg.model.backbone)
+
     import pytorch_lightning as pl
     from hydra.utils import instantiate
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-    from hpa.config_check import check_config
-    from hpa.demo import ensure_synthetic_data
     from hpa.labels import CLASS_NAMES
     from hpa.pipeline import build_datamodule
     from hpa.signals import lightning_first
@@ -78,14 +90,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from hpa.training.finish import SamplesSeen, ValidationPredictions, finish_run
     from hpa.training.mil import module_class
 
-    check_config(cfg, "train")
     if not is_secondary_rank() and Path(cfg.paths.output_dir).is_dir():
         # What a run writes is hpa.train's: hpa.evaluate & co. keep off. Only in a folder that
         # is there (Hydra made it): a debug run that writes nothing makes no folder.
         claim_names(cfg.paths.output_dir, RUN_FILES, "hpa.train")
     configure_training_threads(cfg)  # torch threads = free cores - loader workers (or threads=N)
     pl.seed_everything(cfg.seed, workers=True)
-    ckpt_path = check_ckpt(cfg.ckpt_path)
     # The model first: a bad backbone fails in a second, before any data is generated or read.
     # HPAModule, or MILModule for model=mil data=bags (it exports a level=cell model)
     module_cls, level = module_class(cfg.model, cfg.data.get("level", "image"))
@@ -150,7 +160,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             return {k: float(v) for k, v in trainer.callback_metrics.items()}
         timing = seen.timing(started, time.perf_counter() - t0, trainer.world_size)
         return finish_run(
-            trainer, module, datamodule, Path(cfg.paths.output_dir), predictions, timing=timing
+            trainer,
+            module,
+            datamodule,
+            Path(cfg.paths.output_dir),
+            predictions,
+            timing=timing,
+            report=cfg.report,
         )
     finally:
         leave_process_group()
@@ -190,14 +206,14 @@ def tune(trainer, module, datamodule) -> None:
 
 def check_ckpt(ckpt_path: str | None) -> str | None:
     """A resume checkpoint must exist and be a readable checkpoint (loaded without pickle)."""
-    import torch
-
     if not ckpt_path:
         return None
     if not Path(ckpt_path).is_file():
         raise InputError(
             f"ckpt_path={ckpt_path} does not exist; point it at a .ckpt from checkpoints/"
         )
+    import torch
+
     check_regular_file(ckpt_path, "ckpt_path")
     verify_checksum(ckpt_path, "ckpt_path")  # bytes damaged since it was written: one line
     try:

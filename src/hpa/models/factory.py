@@ -12,7 +12,8 @@ import torch.nn as nn
 from hpa.errors import InputError
 
 
-def _check_backbone(name: str) -> None:
+def check_backbone(name: str) -> None:
+    """InputError naming the closest timm names unless `name` is a timm model."""
     if timm.is_model(name):
         return
     known = timm.list_models()
@@ -40,7 +41,7 @@ def create_backbone(
     file (`pretrained_path`, .safetensors/.pth/.bin) with no network; either way timm adapts the
     first convolution from RGB to `in_chans` channels and drops the ImageNet classifier.
     """
-    _check_backbone(backbone)
+    check_backbone(backbone)
     kwargs: dict = {"num_classes": num_classes, "in_chans": in_chans, "drop_rate": drop_rate}
     if global_pool:  # e.g. max or avgmax: small sparse patterns (a few dots in one cell) survive
         # gem: timm (1.0) has no GeM pooling; its avg pooling layer is swapped below.

@@ -72,11 +72,13 @@ def finish_run(
     datamodule: Any,
     out: Path,
     predictions: ValidationPredictions,
-    timing: dict[str, Any] | None = None,
+    timing: dict[str, Any] | None,
+    report: bool,
 ) -> dict[str, Any]:
-    """Validate the best checkpoint, then (rank 0 only) write metrics.json, model/, plots and
-    oof.csv from those same weights (with callbacks=ema: the average that was validated).
-    `timing` (SamplesSeen.timing) goes into metrics.json as it is."""
+    """Validate the best checkpoint, then (rank 0 only) write metrics.json, model/, oof.csv and
+    report_data.npz from those same weights (with callbacks=ema: the average that was
+    validated), and (`report`) draw plots/ and report.html from them. `timing`
+    (SamplesSeen.timing) goes into metrics.json as it is."""
     ckpt = trainer.checkpoint_callback
     best = ckpt.best_model_path if ckpt and ckpt.best_model_path else None
     results = trainer.validate(
@@ -134,8 +136,10 @@ def finish_run(
             },
         )
         if collected:
-            write_plots_and_oof(module, datamodule, *collected, metrics, out, in_order)
-            write_report(datamodule, *collected, out, in_order)
+            if report:
+                write_plots(module, datamodule, *collected, metrics, out)
+            write_oof(module, datamodule, *collected, out, in_order)
+            write_report(datamodule, *collected, out, in_order, draw=report)
         log.info(
             "val/mAP %.4f (epoch %d); wrote %s and %s",
             metrics["val/mAP"],
@@ -171,23 +175,15 @@ def gather_predictions(
     return in_dataset_order(probs), in_dataset_order(targets)
 
 
-def write_plots_and_oof(
+def write_plots(
     module: HPAModule,
     datamodule: Any,
     probs: torch.Tensor,
     targets: torch.Tensor,
     metrics: dict,
     out: Path,
-    in_order: bool,
 ) -> None:
-    """PNG plots in out/plots/, and out/oof.csv: validation probabilities keyed by sample ID
-    (and, for cell-level runs, the cell).
-
-    `in_order`: the predictions follow the validation set's order (one process, or gathered
-    from every DDP rank), so rows map to the validation set's items.
-    """
-    import pandas as pd
-
+    """PNG plots in out/plots/: per-class AP, precision-recall curves, labelled samples."""
     from hpa.training import plots
 
     folder = out / "plots"
@@ -199,6 +195,25 @@ def write_plots_and_oof(
     preview = getattr(val_set, "preview", None)  # a bag of cells shows its crops in a grid
     images = [preview(i) if preview else val_set[i][0].numpy() for i in range(n)]
     plots.plot_samples(images, probs[:n], targets[:n], folder / "val_samples.png")
+
+
+def write_oof(
+    module: HPAModule,
+    datamodule: Any,
+    probs: torch.Tensor,
+    targets: torch.Tensor,
+    out: Path,
+    in_order: bool,
+) -> None:
+    """out/oof.csv: validation probabilities keyed by sample ID (and, for cell-level runs, the
+    cell).
+
+    `in_order`: the predictions follow the validation set's order (one process, or gathered
+    from every DDP rank), so rows map to the validation set's items.
+    """
+    import pandas as pd
+
+    val_set = datamodule.val_set
     keys = val_set.item_keys()
     if not in_order or len(keys["ID"]) != len(probs):
         return  # e.g. a debug run that validated a few batches only
@@ -219,11 +234,16 @@ def write_plots_and_oof(
 
 
 def write_report(
-    datamodule: Any, probs: torch.Tensor, targets: torch.Tensor, out: Path, in_order: bool
+    datamodule: Any,
+    probs: torch.Tensor,
+    targets: torch.Tensor,
+    out: Path,
+    in_order: bool,
+    draw: bool,
 ) -> Path | None:
-    """out/report.html (hpa.viz.report) and the report_data.npz it is drawn from. A finished
-    run never fails here: a drawing error is one line in the log, and the run's other files
-    stand (`python -m hpa.show run=DIR` retries from report_data.npz once that is written)."""
+    """out/report_data.npz and (`draw`) the out/report.html drawn from it (hpa.viz.report). A
+    finished run never fails here: a drawing error is one line in the log, and the run's other
+    files stand (`python -m hpa.show run=DIR` draws or redraws it from report_data.npz)."""
     try:
         from hpa.training.plots import composite
         from hpa.viz.report import collect, save_run_data, write_run_report
@@ -241,6 +261,9 @@ def write_report(
             keys, picture = {"row": list(range(len(probs)))}, None
         data = collect(probs.numpy(), targets.numpy(), keys, picture)
         save_run_data(out, data)
+        if not draw:
+            log.info("report: not drawn (report=false); python -m hpa.show run=%s draws it", out)
+            return None
         path = write_run_report(out, data)
     except Exception as err:  # noqa: BLE001 - a report must not fail a finished training
         log.warning(
