@@ -32,14 +32,10 @@ SETUP = {
 MIN_DIFF, MIN_RATIO = 0.25, 2.5
 
 
-def learning_pair(tmp: Path, seed: int, **setup) -> tuple[float, float]:
-    """(val mAP with the true labels, val mAP with the labels shuffled); `seed` draws the data,
-    the shuffle and the training. One thread, deterministic kernels: the same two numbers on every
-    machine with the same library versions, busy or idle."""
-    from hpa.cli import compose
+def learning_sets(tmp: Path, seed: int, **setup) -> tuple[Path, Path]:
+    """The synthetic set `seed` draws (tmp/data) and the same images with their labels shuffled
+    across images (tmp/shuffled)."""
     from hpa.synthetic import SyntheticConfig, generate_dataset
-    from hpa.train import train
-    from tiny_train import tiny
 
     s = {**SETUP, **setup}
     data = generate_dataset(
@@ -60,22 +56,38 @@ def learning_pair(tmp: Path, seed: int, **setup) -> tuple[float, float]:
     frame = pd.read_csv(data / "train.csv")
     frame["Label"] = frame["Label"].sample(frac=1.0, random_state=seed).to_numpy()
     frame.to_csv(shuffled / "train.csv", index=False)
+    return data, shuffled
 
-    def fit(root: Path, name: str) -> float:
-        args = tiny(
-            root,
-            tmp / name,
-            f"data.image_size={s['image_size']}",
-            f"data.batch_size={s['batch_size']}",
-            f"model.backbone={s['backbone']}",
-            f"trainer.max_epochs={s['epochs']}",
-            f"optimizer.lr={s['lr']}",
-            f"seed={seed}",
-            "threads=1",
-            "trainer.deterministic=true",
-            "callbacks.progress=null",  # no bar: the script prints one line per seed
-            "+trainer.enable_progress_bar=false",
-        )
-        return float(train(compose("train", args))["val/mAP"])
 
-    return fit(data, "real"), fit(shuffled, "fake")
+def fit(root: Path, out: Path, seed: int, *extra: str, **setup) -> float:
+    """Train as SETUP says (in this process) on `root` into `out`, then `extra` overrides; the
+    best validation mAP. One thread, deterministic kernels: the same number on every machine
+    with the same library versions, busy or idle."""
+    from hpa.cli import compose
+    from hpa.train import train
+    from tiny_train import tiny
+
+    s = {**SETUP, **setup}
+    args = tiny(
+        root,
+        out,
+        f"data.image_size={s['image_size']}",
+        f"data.batch_size={s['batch_size']}",
+        f"model.backbone={s['backbone']}",
+        f"trainer.max_epochs={s['epochs']}",
+        f"optimizer.lr={s['lr']}",
+        f"seed={seed}",
+        "threads=1",
+        "trainer.deterministic=true",
+        "callbacks.progress=null",  # no bar: the script prints one line per seed
+        "+trainer.enable_progress_bar=false",
+        *extra,
+    )
+    return float(train(compose("train", args))["val/mAP"])
+
+
+def learning_pair(tmp: Path, seed: int, **setup) -> tuple[float, float]:
+    """(val mAP with the true labels, val mAP with the labels shuffled); `seed` draws the data,
+    the shuffle and the training. The models are in tmp/real/model and tmp/fake/model."""
+    data, shuffled = learning_sets(tmp, seed, **setup)
+    return fit(data, tmp / "real", seed, **setup), fit(shuffled, tmp / "fake", seed, **setup)

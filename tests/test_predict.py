@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -13,7 +11,6 @@ import pandas as pd
 import pytest
 
 from hpa.errors import InputError
-from hpa.evaluate import evaluate
 from hpa.inference.combine import cell_weights, combine
 from hpa.inference.tta import transform_names
 from hpa.labels import NUM_CLASSES
@@ -22,8 +19,7 @@ from hpa.segment.base import Segmentation
 from hpa.submission.encoding import decode_binary_mask
 from hpa.submission.writer import SubmissionWriter, prediction_string, read_sample_submission
 from hpa.synthetic import SyntheticConfig, generate_dataset
-from predicting import run_predict
-from procs import child_env
+from predicting import check_format, parse, run_predict
 from untrained_model import export_untrained
 
 
@@ -54,32 +50,6 @@ def testset(tmp_path_factory) -> Path:
     frames = [pd.read_csv(p / "sample_submission.csv", keep_default_na=False) for p in parts]
     pd.concat(frames).to_csv(root / "sample_submission.csv", index=False)
     return root
-
-
-def parse(submission: pd.DataFrame) -> dict[str, list[tuple[int, float, str]]]:
-    rows = {}
-    for row in submission.itertuples():
-        parts = row.PredictionString.split()
-        assert len(parts) % 3 == 0
-        rows[row.ID] = [
-            (int(parts[i]), float(parts[i + 1]), parts[i + 2]) for i in range(0, len(parts), 3)
-        ]
-    return rows
-
-
-def check_format(submission: pd.DataFrame, sample: pd.DataFrame) -> None:
-    """The contract: rows in order, masks decode to H x W, 19 classes per cell, confidences in [0, 1]."""
-    assert list(submission.columns) == ["ID", "ImageWidth", "ImageHeight", "PredictionString"]
-    assert submission["ID"].tolist() == sample["ID"].tolist()
-    for row, (_, triples) in zip(submission.itertuples(), parse(submission).items(), strict=True):
-        masks: dict[str, list[int]] = {}
-        for cls, conf, mask in triples:
-            assert 0 <= cls < NUM_CLASSES and 0.0 <= conf <= 1.0
-            masks.setdefault(mask, []).append(cls)
-        for mask, classes in masks.items():
-            assert sorted(classes) == list(range(NUM_CLASSES))
-            decoded = decode_binary_mask(mask, row.ImageHeight, row.ImageWidth)
-            assert decoded.shape == (row.ImageHeight, row.ImageWidth) and decoded.any()
 
 
 def test_submission_format_with_image_and_cell_models(models, testset, tmp_path):
@@ -272,63 +242,3 @@ def test_sample_submission_errors(tmp_path):
     path.write_text("ID,ImageWidth,ImageHeight\nx,64,big\n")
     with pytest.raises(InputError, match="ID x"):
         read_sample_submission(path)
-
-
-def train_tiny(tmp: Path, name: str, *overrides: str) -> Path:
-    env = child_env(threads=None)
-    cmd = [
-        sys.executable,
-        "-m",
-        "hpa.train",
-        # timm's test_resnet learns the synthetic classes as well as resnet18 did, in a fraction
-        # of the time (tests/learning.py: real 0.51-0.55 vs shuffled 0.14-0.15 over seeds).
-        "model.backbone=test_resnet",
-        "model.pretrained=false",
-        "optimizer.lr=5e-3",
-        "data.synthetic.n_images=300",
-        "data.synthetic.image_size=64",
-        "data.synthetic.cells_per_image=[3,5]",
-        "data.synthetic.skew=0.3",
-        "trainer.max_epochs=12",
-        "data.num_workers=0",
-        f"paths.data_dir={tmp / 'data'}",
-        f"paths.output_dir={tmp / name}",
-        *overrides,
-    ]
-    done = subprocess.run(cmd, env=env, cwd=tmp, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return tmp / name / "model"
-
-
-@pytest.mark.slow
-def test_trained_models_beat_untrained_ones_end_to_end(tmp_path):
-    """Train tiny image and cell models, predict a fresh synthetic test set, score it."""
-    image_model = train_tiny(tmp_path, "image", "data.image_size=64")
-    cell_model = train_tiny(tmp_path, "cell", "data=cells", "data.image_size=32")
-    assert '"level": "cell"' in (cell_model / "config.json").read_text()
-    cfg = SyntheticConfig(
-        n_images=20,
-        seed=99,
-        image_size=64,
-        cells_per_image=(3, 5),
-        skew=0.3,
-        split="test",
-        workers=1,
-    )
-    truth = generate_dataset(cfg, tmp_path / "test", progress=False)
-    sample = read_sample_submission(truth / "sample_submission.csv")
-
-    def score(models: list[Path], name: str) -> float:
-        out = tmp_path / f"{name}.csv"
-        check_format(run_predict(models, truth, out, "segmenter=truth"), sample)
-        return evaluate(out, truth, progress=False)["mAP"]
-
-    untrained = score([export_untrained(tmp_path / "untrained", "image", 64)], "untrained")
-    scores = {
-        "image": score([image_model], "image"),
-        "cell": score([cell_model], "cell"),
-        "both": score([image_model, cell_model], "both"),
-    }
-    print(f"untrained {untrained:.4f}, trained {scores}")
-    for name, value in scores.items():
-        assert value > untrained + 0.1, (name, value, untrained)

@@ -123,7 +123,9 @@ def last_step(out: Path) -> int:
 
 def test_run_writes_contract_outputs_and_plots(tiny_dataset, tmp_path):
     out = tmp_path / "run"
-    metrics = train(compose("train", tiny(tiny_dataset, out, "trainer.max_epochs=2")))
+    metrics = train(
+        compose("train", tiny(tiny_dataset, out, "trainer.max_epochs=2", "report=true"))
+    )
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["val/mAP"] == pytest.approx(metrics["val/mAP"])
     assert len(saved["val/AP_per_class"]) == 19 and saved["epoch"] in (0, 1)
@@ -255,13 +257,3 @@ def test_sigkill_then_resume_ends_at_planned_epoch(tiny_dataset, tmp_path):
     assert "resuming from" in r.stdout + r.stderr and "(epoch 0, step" in r.stdout + r.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["epochs_run"] == 6
-
-
-@pytest.mark.slow
-def test_model_learns_far_better_than_shuffled_labels(tmp_path):
-    """Same pipeline, same data: true labels must beat labels shuffled across images, by a bound
-    measured over seeds (tests/learning.py has the runs; scripts/learning_margin.py repeats them)."""
-    from learning import MIN_DIFF, MIN_RATIO, learning_pair
-
-    real, fake = learning_pair(tmp_path, seed=0)
-    assert real > fake + MIN_DIFF and real > MIN_RATIO * fake, (real, fake)
