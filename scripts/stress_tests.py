@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
@@ -159,13 +160,16 @@ def main(argv: list[str] | None = None) -> int:
         for run in range(1, args.runs + 1):
             junit, log = logs / f"run-{run}.xml", logs / f"run-{run}.log"
             junit.unlink(missing_ok=True)  # a report left by an earlier use of --logs
+            started = time.monotonic()
             code = run_pytest(args.tests, shlex.split(args.pytest_args), junit, log, env)
+            minutes = (time.monotonic() - started) / 60
             failed, total = failures_of(junit)
             counts.update(failed)
             if code != 0 and not failed:
                 crashed.append(run)
             print(
-                f"run {run}/{args.runs}: {total} tests, {len(failed)} failed, pytest exit {code}",
+                f"run {run}/{args.runs}: {total} tests, {len(failed)} failed, pytest exit {code}, "
+                f"{minutes:.1f} min",
                 flush=True,
             )
     except Stop as stop:
