@@ -4,6 +4,7 @@ epoch, SIGTERM and full disks end in one line with a resumable state, history su
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -147,9 +148,23 @@ def test_last_ckpt_is_the_latest_epoch_and_resume_continues_from_it(tiny_dataset
     assert "trainer.max_epochs=3" in (out / ".hydra" / "overrides.yaml").read_text()
 
 
-def test_rerun_into_a_finished_run_refuses_unless_overwrite(tiny_dataset, tmp_path):
-    out = tmp_path / "run"
-    assert run(tiny(tiny_dataset, out), tmp_path).returncode == 0
+@pytest.fixture(scope="module")
+def finished_run(tiny_dataset, tmp_path_factory) -> Path:
+    """One finished tiny run; a test copies it (`copy_run`) rather than training its own."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    r = run(tiny(tiny_dataset, out), out.parent)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
+def copy_run(run_dir: Path, tmp_path: Path) -> Path:
+    """The run folder copied into `tmp_path`, file for file: hpa finds a run's checkpoints
+    relative to its folder, so the copy is a run of its own, as one moved by a user is."""
+    return Path(shutil.copytree(run_dir, tmp_path / "run", symlinks=True))
+
+
+def test_rerun_into_a_finished_run_refuses_unless_overwrite(finished_run, tiny_dataset, tmp_path):
+    out = copy_run(finished_run, tmp_path)
     before = snapshot(out)
     r = run(tiny(tiny_dataset, out, "trainer.max_epochs=2"), tmp_path)
     assert r.returncode == 2 and "already holds a run" in r.stderr
@@ -163,9 +178,8 @@ def test_rerun_into_a_finished_run_refuses_unless_overwrite(tiny_dataset, tmp_pa
     assert (out / "metrics.json").is_file()
 
 
-def test_resume_with_another_backbone_is_one_line(tiny_dataset, tmp_path):
-    out = tmp_path / "run"
-    assert run(tiny(tiny_dataset, out), tmp_path).returncode == 0
+def test_resume_with_another_backbone_is_one_line(finished_run, tiny_dataset, tmp_path):
+    out = copy_run(finished_run, tmp_path)
     last = out / "checkpoints" / "last.ckpt"
     r = run(tiny(tiny_dataset, out, "model.backbone=resnet18", f"ckpt_path={last}"), tmp_path)
     assert r.returncode == 2, r.stderr[-2000:]
