@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hpa.benchmark import Benchmark, aggregate, main, merge_overrides
+from hpa.benchmark import Benchmark, add_verdicts, aggregate, main, merge_overrides, table
 from hpa.cli import compose
 from hpa.labels import CLASS_NAMES
 from procs import child_env, signal_when
@@ -104,14 +104,17 @@ def test_rerun_skips_finished_variants_and_runs_the_rest(session):
         assert set(result) == {
             "cell_mAP",
             "cell_mAP_per_seed",
+            "per_seed",
             "cell_mAP_std",
             "AP_per_class",
             "train_s",
             "predict_s",
             "submission_MB",
             "seeds",
-        }
+            "stage",
+        } | ({"vs_baseline"} if name != "baseline" else set())
         assert result["seeds"] == [42] and result["cell_mAP_per_seed"] == [result["cell_mAP"]]
+        assert result["per_seed"] == {"42": result["cell_mAP"]}
         assert 0.0 <= result["cell_mAP"] <= 1.0
         assert set(result["AP_per_class"]) == set(CLASS_NAMES)
         assert result["predict_s"] > 0
@@ -125,6 +128,13 @@ def test_rerun_skips_finished_variants_and_runs_the_rest(session):
         )
     assert summary["baseline"]["train_s"] > 0
     assert summary["tta"]["train_s"] == 0 and not (out / "tta" / "train").exists()
+    # baseline trains (a learning idea would); tta only predicts with baseline's model
+    assert summary["baseline"]["stage"] == "train" and summary["tta"]["stage"] == "predict"
+    vs = summary["tta"]["vs_baseline"]
+    assert vs["per_seed"] == {
+        "42": pytest.approx(summary["tta"]["cell_mAP"] - summary["baseline"]["cell_mAP"])
+    }
+    assert vs["verdict"] == "unclear (under 3 seeds)"  # one seed proves nothing
     # the test set is the evaluate command's layout; its border cells carry no label
     assert (out / "test" / "test").is_dir() and (out / "test" / "masks").is_dir()
     cells = pd.read_csv(out / "test" / "cells.csv", dtype=str, keep_default_na=False)
@@ -235,11 +245,65 @@ def test_base_train_in_a_before_command_is_the_base_overrides(tmp_path):
 def test_aggregate_means_over_seeds_and_a_failed_seed_fails_the_variant():
     a = {"cell_mAP": 0.4, "AP_per_class": {"x": 0.2, "y": None}, "train_s": 10, "predict_s": 2}
     b = {"cell_mAP": 0.6, "AP_per_class": {"x": 0.4, "y": 0.1}, "train_s": 20, "predict_s": 4}
-    merged = aggregate([a, b])
+    merged = aggregate([a, b], [42, 7])
     assert merged["cell_mAP"] == pytest.approx(0.5)
     assert merged["cell_mAP_per_seed"] == [0.4, 0.6]
+    assert merged["per_seed"] == {"42": 0.4, "7": 0.6}
     assert merged["cell_mAP_std"] == pytest.approx(np.std([0.4, 0.6], ddof=1))
     assert merged["AP_per_class"] == {"x": pytest.approx(0.3), "y": None}
     assert merged["train_s"] == 15 and merged["predict_s"] == 3
-    assert aggregate([a, None]) is None
-    assert aggregate([a])["cell_mAP_std"] is None
+    assert aggregate([a, None], [42, 7]) is None
+    assert aggregate([a], [42])["cell_mAP_std"] is None
+
+
+def result(per_seed: dict[str, float], stage: str) -> dict:
+    scores = list(per_seed.values())
+    return {
+        "cell_mAP": float(np.mean(scores)),
+        "cell_mAP_per_seed": scores,
+        "per_seed": per_seed,
+        "cell_mAP_std": None,
+        "AP_per_class": dict.fromkeys(CLASS_NAMES, 0.5),
+        "train_s": 1.0,
+        "predict_s": 1.0,
+        "stage": stage,
+    }
+
+
+def test_a_verdict_needs_every_seed_to_agree_over_three_seeds():
+    results = {
+        "baseline": result({"1": 0.50, "2": 0.40, "3": 0.45}, "train"),
+        "up": result({"1": 0.52, "2": 0.41, "3": 0.47}, "train"),  # +0.02 +0.01 +0.02
+        "down": result({"1": 0.49, "2": 0.30, "3": 0.44}, "predict"),
+        # the best mean of all, from one lucky seed: not called better
+        "lucky": result({"1": 0.80, "2": 0.39, "3": 0.44}, "train"),
+        "short": result({"1": 0.90, "2": 0.90}, "train"),  # two seeds: too few to call
+    }
+    add_verdicts(results)
+    assert "vs_baseline" not in results["baseline"]
+    verdicts = {n: r["vs_baseline"]["verdict"] for n, r in results.items() if n != "baseline"}
+    assert verdicts == {
+        "up": "better",
+        "down": "worse",
+        "lucky": "unclear",
+        "short": "unclear (under 3 seeds)",
+    }
+    up = results["up"]["vs_baseline"]
+    assert up["per_seed"] == pytest.approx({"1": 0.02, "2": 0.01, "3": 0.02})
+    assert up["mean"] == pytest.approx(0.05 / 3)
+    assert set(results["short"]["vs_baseline"]["per_seed"]) == {"1", "2"}  # paired seeds only
+
+
+def test_table_shows_the_baseline_then_learning_ideas_then_prediction_only_ones():
+    results = {
+        "tta": result({"1": 0.5, "2": 0.5, "3": 0.5}, "predict"),
+        "baseline": result({"1": 0.4, "2": 0.4, "3": 0.4}, "train"),
+        "failed_one": None,
+        "sampler": result({"1": 0.45, "2": 0.41, "3": 0.42}, "train"),
+    }
+    add_verdicts(results)
+    lines = table(results, [18], markdown=False).splitlines()
+    rows = [line.split() for line in lines[1:5]]
+    assert [r[0] for r in rows] == ["baseline", "sampler", "tta", "failed_one"]
+    assert rows[1][-1] == "train" and rows[2][-1] == "predict"
+    assert "better" in rows[1] and "better" in rows[2]
