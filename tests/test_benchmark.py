@@ -307,3 +307,82 @@ def test_table_shows_the_baseline_then_learning_ideas_then_prediction_only_ones(
     assert [r[0] for r in rows] == ["baseline", "sampler", "tta", "failed_one"]
     assert rows[1][-1] == "train" and rows[2][-1] == "predict"
     assert "better" in rows[1] and "better" in rows[2]
+
+
+# ---- fidelity.json: the benchmark against the real competition (hpa.fidelity) ----------------
+
+
+def test_masks_are_measured_cell_by_cell(tmp_path):
+    from hpa.data.images import write_channel
+    from hpa.fidelity import measure_masks
+
+    a = np.zeros((40, 40), np.uint16)
+    a[0:10, 0:10] = 1  # touches the border
+    a[15:25, 15:25] = 2
+    a[28:34, 20:26] = 3
+    b = np.zeros((40, 40), np.uint16)
+    b[10:30, 10:30] = 7  # ids need not be consecutive
+    write_channel(tmp_path / "a.png", a)
+    write_channel(tmp_path / "b.png", b)
+    measured = measure_masks(tmp_path)
+    assert measured["cells_per_image"] == 2.0  # 3 and 1
+    assert measured["cell_side_px"] == 10.0  # median of 10, 10, 6, 20
+    assert measured["border_cell_share"] == 0.25
+
+
+def test_fidelity_rows_give_real_and_benchmark_values_with_their_ratio():
+    from hpa.fidelity import REAL, fidelity_table
+
+    ours = {name: value for name, (value, _) in REAL.items()}
+    ours.update(image_side_px=256, cell_side_px=55, image_model_input_px=64, class_skew=None)
+    rows = {r["quantity"]: r for r in fidelity_table(ours)}
+    assert all(r["source"] for r in rows.values())
+    assert "image_side_px" not in rows  # a raw size (the world is scaled by design), an input
+    # 55 px cells in 256 px images: 0.215 of the side, the real 366 / 2048 = 0.179
+    assert rows["cell_side_fraction"]["ratio"] == pytest.approx((55 / 256) / (366 / 2048))
+    assert rows["cell_side_fraction"]["within_1.5x"]
+    assert rows["cells_per_image"]["ratio"] == 1.0 and rows["cells_per_image"]["within_1.5x"]
+    assert rows["class_skew"]["ratio"] is None and rows["class_skew"]["within_1.5x"] is None
+    # 55 px at 256 seen at 64 px: 13.75 px per cell, against 366 x 512 / 2048 = 91.5 px
+    at_input = rows["cell_px_at_image_model_input"]
+    assert at_input["benchmark"] == pytest.approx(13.75) and at_input["real"] == pytest.approx(91.5)
+    assert at_input["within_1.5x"] is False
+    maps = rows["class_map_cells_per_cell"]
+    assert maps["benchmark"] == pytest.approx((13.75 / 32) ** 2)
+    assert rows["non_expressing_share"]["real"] is None  # no source: said, not guessed
+
+
+def test_agreement_needs_every_seed_to_have_the_published_sign():
+    from hpa.fidelity import agreement_table
+
+    results = {
+        "baseline": {"per_seed": {"1": 0.50, "2": 0.45, "3": 0.40}},
+        "image": {"per_seed": {"1": 0.40, "2": 0.46, "3": 0.30}},
+        "cam": {"per_seed": {"1": 0.45, "2": 0.50, "3": 0.35}},
+        "mil": None,  # failed or not run
+    }
+    rows = {r["comparison"]: r for r in agreement_table(results)}
+    cell = rows["cell vs image"]
+    assert cell["published"] > 0 and cell["benchmark_per_seed"] == pytest.approx(
+        {"1": 0.10, "2": -0.01, "3": 0.10}
+    )
+    assert cell["agree"] is False  # seed 2 disagrees
+    assert rows["CAM vs image"]["agree"] is True
+    assert (
+        rows["MIL vs image"]["agree"] is None and rows["MIL vs image"]["benchmark_per_seed"] == {}
+    )
+
+
+def test_the_benchmark_writes_its_fidelity_and_agreement_tables(session):
+    out = session["out"]
+    tables = json.loads((out / "fidelity.json").read_text())
+    rows = {r["quantity"]: r for r in tables["fidelity"]}
+    inputs = {k: v["benchmark"] for k, v in tables["inputs"].items()}
+    assert inputs["image_side_px"] == 64  # the tiny benchmark's images
+    assert inputs["cell_model_input_px"] == 32  # its base.train crops
+    assert inputs["image_model_input_px"] == 64  # benchmark.yaml's image variant
+    assert rows["cell_px_at_cell_model_input"]["benchmark"] == 32
+    assert 3 <= rows["cells_per_image"]["benchmark"] <= 6
+    assert rows["border_cells_annotated"]["benchmark"] == 0.0  # the test truth leaves them out
+    # only baseline and tta ran: no comparison has its two variants
+    assert [r["agree"] for r in tables["agreement"]] == [None] * 4

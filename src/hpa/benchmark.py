@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from hpa.cli import compose, override_key
 from hpa.errors import InputError, exit_on_input_error
+from hpa.fidelity import agreement_table, benchmark_values, fidelity_table, inputs_table
 from hpa.fsio import write_json
 from hpa.labels import CLASS_NAMES, NUM_CLASSES
 from hpa.signals import graceful_sigterm
@@ -37,6 +38,7 @@ from hpa.signals import graceful_sigterm
 SPEC_KEYS = {"train", "predict", "from", "models", "before"}
 DATA_STAMP = ".hpa-benchmark-data.json"
 RESULT = "result.json"
+FIDELITY = "fidelity.json"  # hpa.fidelity: the benchmark against the real competition
 # {out}, {variant_dir}, {train_data}, {test_data}, {variant:NAME}; never ${...} (Hydra's own).
 PLACEHOLDER = re.compile(r"(?<!\$)\{(out|variant_dir|train_data|test_data|seed|variant:[\w.-]+)\}")
 BASE_TRAIN = "{base_train}"  # a whole word of a before-command: base.train's overrides
@@ -641,6 +643,13 @@ def benchmark(cfg: DictConfig) -> tuple[dict[str, dict[str, Any] | None], list[V
             merged["stage"] = bench.stage(name)
         results[name] = merged
     add_verdicts(results)
+    measured = benchmark_values(bench)
+    tables = {
+        "fidelity": fidelity_table(measured),
+        "inputs": inputs_table(measured),
+        "agreement": agreement_table(summary),
+    }
+    write_json(bench.out / FIDELITY, tables)
     return results, failures
 
 
@@ -716,7 +725,7 @@ def main(argv: list[str] | None = None) -> None:
     with graceful_sigterm(hint):
         results, failures = benchmark(cfg)
     print(table(results, check_rare(cfg.rare_classes), bool(cfg.markdown)))
-    print(f"wrote {Path(cfg.out) / 'benchmark.json'}")
+    print(f"wrote {Path(cfg.out) / 'benchmark.json'} and {Path(cfg.out) / FIDELITY}")
     if failures:
         failed = [name for name, result in results.items() if result is None]
         print(f"{len(failed)} variant(s) failed: {', '.join(failed)}", file=sys.stderr)
