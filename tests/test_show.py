@@ -338,6 +338,7 @@ def test_a_report_redrawn_from_its_data_file_shows_the_same_rows(tmp_path):
 def fake_benchmark(folder: Path) -> dict:
     """benchmark.json and each seed's result.json as hpa.benchmark writes them (2 variants,
     seeds 1 and 2; the second seed of a variant lives in <variant>-seed2/)."""
+    from hpa.benchmark import add_verdicts, aggregate
     from hpa.labels import CLASS_NAMES
 
     summary = {}
@@ -355,17 +356,12 @@ def fake_benchmark(folder: Path) -> dict:
             unit.mkdir(parents=True)
             (unit / "result.json").write_text(json.dumps({"fingerprint": "x", "result": result}))
             runs.append(result)
-        scores = [r["cell_mAP"] for r in runs]
         summary[name] = {
-            "cell_mAP": float(np.mean(scores)),
-            "cell_mAP_per_seed": scores,
-            "cell_mAP_std": float(np.std(scores, ddof=1)),
-            "AP_per_class": runs[0]["AP_per_class"],
-            "train_s": float(np.mean([r["train_s"] for r in runs])),
-            "predict_s": float(np.mean([r["predict_s"] for r in runs])),
-            "submission_MB": 1.25,
+            **aggregate(runs, [1, 2]),
             "seeds": [1, 2],
+            "stage": "train" if name == "baseline" else "predict",
         }
+    add_verdicts(summary)
     (folder / "benchmark.json").write_text(json.dumps(summary))
     return summary
 
@@ -375,6 +371,9 @@ def test_benchmark_report_renders_each_seed_and_stage(tmp_path, capsys):
     main([f"benchmark={tmp_path}"])
     assert "report.html" in capsys.readouterr().out
     values = assert_renders(tmp_path / "report.html")
+    text = (tmp_path / "report.html").read_text()
+    assert '<td rowspan="2">predict</td>' in text  # each variant's stage
+    assert "+0.1000 unclear (under 3 seeds)" in text  # bigger vs baseline, 2 seeds only
     for name, r in summary.items():
         assert values[f"{name}/cell_mAP"] == (r["cell_mAP"], f"{r['cell_mAP']:.4f}")
         assert values[f"{name}/cell_mAP_std"][0] == r["cell_mAP_std"]

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from hpa.cli import compose, override_key
 from hpa.errors import InputError, exit_on_input_error
+from hpa.fidelity import agreement_table, benchmark_values, fidelity_table, inputs_table
 from hpa.fsio import write_json
 from hpa.labels import CLASS_NAMES, NUM_CLASSES
 from hpa.signals import graceful_sigterm
@@ -37,6 +38,7 @@ from hpa.signals import graceful_sigterm
 SPEC_KEYS = {"train", "predict", "from", "models", "before"}
 DATA_STAMP = ".hpa-benchmark-data.json"
 RESULT = "result.json"
+FIDELITY = "fidelity.json"  # hpa.fidelity: the benchmark against the real competition
 # {out}, {variant_dir}, {train_data}, {test_data}, {variant:NAME}; never ${...} (Hydra's own).
 PLACEHOLDER = re.compile(r"(?<!\$)\{(out|variant_dir|train_data|test_data|seed|variant:[\w.-]+)\}")
 BASE_TRAIN = "{base_train}"  # a whole word of a before-command: base.train's overrides
@@ -160,6 +162,11 @@ class Benchmark:
     def trains(self, name: str) -> bool:
         spec = self.specs[name]
         return not spec.get("from") and (not spec.get("models") or name in spec["models"])
+
+    def stage(self, name: str) -> str:
+        """ "train" for a variant that trains a model of its own (a learning idea), "predict"
+        for one that only predicts with others' models (post-processing, TTA, ensembling)."""
+        return "train" if self.trains(name) else "predict"
 
     def model_sources(self, name: str) -> list[str]:
         """The variants whose trained models this one predicts with."""
@@ -495,16 +502,29 @@ def finished(bench: Benchmark, name: str) -> dict[str, Any] | None:
 
 def table(results: Mapping[str, dict[str, Any] | None], rare: Sequence[int], markdown: bool) -> str:
     """One row per variant: cell mAP (mean over seeds), its spread over seeds, the difference
-    from `baseline`, the rare classes' AP, train and predict seconds."""
-    head = ["variant", "cell mAP", "sd", "vs baseline (per seed)", *[f"AP{c}" for c in rare]]
-    head += ["train s", "predict s", "MB"]
+    from `baseline` and its verdict, the rare classes' AP, train and predict seconds, the stage.
+    The baseline first, then the learning ideas (stage train), then the predict-only ones."""
+    head = ["variant", "cell mAP", "sd", "vs baseline (per seed)", "verdict"]
+    head += [*[f"AP{c}" for c in rare], "train s", "predict s", "MB", "stage"]
+    order = {"train": 1, "predict": 2}
+    results = dict(
+        sorted(
+            results.items(),
+            key=lambda item: (
+                0 if item[0] == "baseline" else order.get((item[1] or {}).get("stage"), 3)
+            ),
+        )
+    )
     base = (results.get("baseline") or {}).get("cell_mAP")
     base_seeds = (results.get("baseline") or {}).get("cell_mAP_per_seed") or []
     seeds = max((len(r["cell_mAP_per_seed"]) for r in results.values() if r), default=0)
     legend = (
         f"cell mAP on the held-out test set, mean over {seeds} training seed(s); sd: its standard "
         "deviation over seeds (one seed's noise); vs baseline: the difference of the means and "
-        "(per seed) of runs with the same seed; MB: the first seed's submission.csv; rare "
+        f"(per seed) of runs with the same seed; verdict: better or worse only when every seed's "
+        f"difference agrees, over at least {MIN_SEEDS} seeds; stage: train (a learning idea) or "
+        "predict (post-processing, TTA, ensembling of trained models); MB: the first seed's "
+        "submission.csv; rare "
         "classes: " + ", ".join(f"AP{c} = {CLASS_NAMES[c]}" for c in rare)
     )
 
@@ -531,10 +551,12 @@ def table(results: Mapping[str, dict[str, Any] | None], rare: Sequence[int], mar
                 num(score, ".4f"),
                 num(r.get("cell_mAP_std"), ".4f"),
                 delta,
+                (r.get("vs_baseline") or {}).get("verdict", "-"),
                 *[num(ap.get(CLASS_NAMES[c]), ".3f") for c in rare],
                 num(r["train_s"], ".0f"),
                 num(r["predict_s"], ".0f"),
                 num(r.get("submission_MB"), ".2f"),
+                r.get("stage", "-"),
             ]
         )
     if markdown:
@@ -598,21 +620,81 @@ def benchmark(cfg: DictConfig) -> tuple[dict[str, dict[str, Any] | None], list[V
                 tqdm.write(f"benchmark: {unit}: cell mAP {result['cell_mAP']:.4f}")
         unit_results[unit] = result
         name = next(n for n in names if unit in bench.units[n])
-        merged = aggregate([unit_results[u] for u in bench.units[name] if u in unit_results])
+        units_run = [u for u in bench.units[name] if u in unit_results]
+        merged = aggregate(
+            [unit_results[u] for u in units_run], [bench.unit_seed[u] for u in units_run]
+        )
         if merged is None:
             summary.pop(name, None)
         else:
-            merged["seeds"] = [bench.unit_seed[u] for u in bench.units[name] if u in unit_results]
+            merged["seeds"] = [bench.unit_seed[u] for u in units_run]
+            merged["stage"] = bench.stage(name)
             summary[name] = merged
+        add_verdicts(summary)
         write_json(summary_path, summary)  # atomic, after every run
     bar.close()
-    results = {name: aggregate([unit_results.get(u) for u in bench.units[name]]) for name in names}
+    results = {}
+    for name in names:
+        merged = aggregate(
+            [unit_results.get(u) for u in bench.units[name]],
+            [bench.unit_seed[u] for u in bench.units[name]],
+        )
+        if merged is not None:
+            merged["stage"] = bench.stage(name)
+        results[name] = merged
+    add_verdicts(results)
+    measured = benchmark_values(bench)
+    tables = {
+        "fidelity": fidelity_table(measured),
+        "inputs": inputs_table(measured),
+        "agreement": agreement_table(summary),
+    }
+    write_json(bench.out / FIDELITY, tables)
     return results, failures
 
 
-def aggregate(results: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
-    """One variant's result over its seeds: means, and each seed's cell mAP (None if any of its
-    runs failed)."""
+# A variant is called better or worse than the baseline only when its paired difference (the
+# same seed's runs differ by the idea alone) has the same sign on every seed, over at least
+# MIN_SEEDS seeds; otherwise "unclear".
+MIN_SEEDS = 3
+
+
+def verdict(diffs: Sequence[float]) -> str:
+    if len(diffs) < MIN_SEEDS:
+        return f"unclear (under {MIN_SEEDS} seeds)"
+    if all(d > 0 for d in diffs):
+        return "better"
+    if all(d < 0 for d in diffs):
+        return "worse"
+    return "unclear"
+
+
+def add_verdicts(results: dict[str, dict[str, Any] | None]) -> None:
+    """Each variant's `vs_baseline`: the paired difference per seed, their mean and the verdict."""
+    base = (results.get("baseline") or {}).get("per_seed") or {}
+    for name, r in results.items():
+        if r is None or name == "baseline":
+            continue
+        paired = {
+            seed: score - base[seed]
+            for seed, score in (r.get("per_seed") or {}).items()
+            if score is not None and base.get(seed) is not None
+        }
+        if not paired:
+            r.pop("vs_baseline", None)
+            continue
+        r["vs_baseline"] = {
+            "per_seed": paired,
+            "mean": float(np.mean(list(paired.values()))),
+            "verdict": verdict(list(paired.values())),
+        }
+
+
+def aggregate(
+    results: Sequence[dict[str, Any] | None], seeds: Sequence[int | None]
+) -> dict[str, Any] | None:
+    """One variant's result over its seeds (`results[i]` is seed `seeds[i]`'s): means, and each
+    seed's cell mAP (None if any of its runs failed)."""
     if not results or any(r is None for r in results):
         return None
     scores = [r["cell_mAP"] for r in results]
@@ -624,6 +706,10 @@ def aggregate(results: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None
     return {
         "cell_mAP": float(np.mean(known)) if len(known) == len(scores) else None,
         "cell_mAP_per_seed": scores,
+        "per_seed": {
+            "default" if seed is None else str(seed): score
+            for seed, score in zip(seeds, scores, strict=True)
+        },
         "cell_mAP_std": float(np.std(known, ddof=1)) if len(known) > 1 else None,
         "AP_per_class": per_class,
         "train_s": round(float(np.mean([r["train_s"] for r in results])), 1),
@@ -639,7 +725,7 @@ def main(argv: list[str] | None = None) -> None:
     with graceful_sigterm(hint):
         results, failures = benchmark(cfg)
     print(table(results, check_rare(cfg.rare_classes), bool(cfg.markdown)))
-    print(f"wrote {Path(cfg.out) / 'benchmark.json'}")
+    print(f"wrote {Path(cfg.out) / 'benchmark.json'} and {Path(cfg.out) / FIDELITY}")
     if failures:
         failed = [name for name, result in results.items() if result is None]
         print(f"{len(failed)} variant(s) failed: {', '.join(failed)}", file=sys.stderr)

@@ -319,7 +319,10 @@ def benchmark_report(folder: Path) -> str:
     ]
     base = "baseline" if "baseline" in results else None
     body.append(_img(figures.png(figures.benchmark_figure(results, base)), "benchmark"))
-    head = "<tr><th>variant</th><th>cell mAP</th><th>sd</th><th>seed</th><th>seed mAP</th><th>train s</th><th>predict s</th><th>MB</th></tr>"
+    head = (
+        "<tr><th>variant</th><th>stage</th><th>cell mAP</th><th>sd</th><th>vs baseline</th>"
+        "<th>seed</th><th>seed mAP</th><th>train s</th><th>predict s</th><th>MB</th></tr>"
+    )
     rows = [head]
     for name, r in results.items():
         seeds = seed_results(folder, name, r.get("seeds") or [None])
@@ -329,10 +332,14 @@ def benchmark_report(folder: Path) -> str:
             first = ""
             if i == 0:
                 span_attr = f' rowspan="{span}"'
+                vs = r.get("vs_baseline") or {}
+                versus = f"{vs['mean']:+.4f} {vs['verdict']}" if vs else "-"
                 first = (
                     f"<td{span_attr}>{html.escape(name)}</td>"
+                    f"<td{span_attr}>{html.escape(str(r.get('stage', '-')))}</td>"
                     + _cell(f"{name}/cell_mAP", r.get("cell_mAP"), attrs=span_attr)
                     + _cell(f"{name}/cell_mAP_std", r.get("cell_mAP_std"), attrs=span_attr)
+                    + f"<td{span_attr}>{html.escape(versus)}</td>"
                 )
             score = per_seed[i] if i < len(per_seed) else s.get("cell_mAP")
             rows.append(
@@ -345,7 +352,9 @@ def benchmark_report(folder: Path) -> str:
     body += ["<h2>Variants</h2>", "<table>", *rows, "</table>"]
     body.append(
         '<p class="note">cell mAP on the held-out test set: mean and standard deviation over '
-        "seeds, then each seed's run; train and predict seconds are each stage's own wall time "
+        "seeds, then each seed's run; stage: train (a learning idea) or predict (post-processing, "
+        "TTA, ensembling of trained models); vs baseline: the mean of the per-seed differences, "
+        "better or worse only when every seed agrees (at least 3 seeds); train and predict seconds are each stage's own wall time "
         "(hpa.train, hpa.predict), per seed where its result.json is on disk.</p>"
     )
     return page(f"hpa benchmark {folder.name}", body)
