@@ -53,6 +53,12 @@ def override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
+def override_value(overrides: Sequence[str], key: str) -> str | None:
+    """The last value `overrides` give `key` (`key=v`, `+key=v` or `++key=v`); None if none."""
+    values = [o.split("=", 1)[1] for o in overrides if "=" in o and override_key(o) == key]
+    return values[-1] if values else None
+
+
 HELP_FLAGS = ("-h", "--help")
 
 

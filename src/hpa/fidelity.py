@@ -15,7 +15,7 @@ both tables with the date and machine they were measured on.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 from omegaconf import OmegaConf
 
-from hpa.cli import override_key
+from hpa.cli import override_value
 from hpa.errors import InputError
 from hpa.inputs import read_bytes, read_table
 from hpa.labels import NUM_CLASSES, parse_labels
@@ -95,12 +95,6 @@ COMPARISONS: list[tuple[str, str, str, float, str]] = [
 ]
 
 
-def _override(overrides: Sequence[str], key: str) -> str | None:
-    """The value the last override of `key` sets, if any."""
-    values = [o.split("=", 1)[1] for o in overrides if "=" in o and override_key(o) == key]
-    return values[-1] if values else None
-
-
 def measure_masks(folder: Path) -> dict[str, float]:
     """Cells per image, median cell side (sqrt of its area, px) and the share of cells touching
     the border, over the instance masks in `folder` (*.png)."""
@@ -147,12 +141,12 @@ def benchmark_values(bench: Any) -> dict[str, float | None]:
     values: dict[str, float | None] = {"image_side_px": float(test["image_size"])}
     values.update(measure_masks(bench.test_data / "masks"))
     cell_input = (
-        _override(bench.train_overrides("baseline"), "data.image_size")
+        override_value(bench.train_overrides("baseline"), "data.image_size")
         if "baseline" in bench.specs
         else None
     )
     image_input = (
-        _override(bench.train_overrides("image"), "data.image_size")
+        override_value(bench.train_overrides("image"), "data.image_size")
         if "image" in bench.specs
         else None
     )

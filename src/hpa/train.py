@@ -14,7 +14,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from hpa.cli import override_key
+from hpa.cli import override_key, override_value
 from hpa.errors import InputError, exit_on_input_error
 from hpa.fsio import move_into_place, verify_checksum
 from hpa.inputs import check_regular_file
@@ -370,20 +370,14 @@ def _sets(arg: str, key: str) -> bool:
     return "=" in arg and override_key(arg) == key
 
 
-def _arg(argv: list[str], key: str) -> str | None:
-    """The last value `argv` gives `key` (`key=v`, `+key=v` or `++key=v`); None if none."""
-    values = [a.split("=", 1)[1] for a in argv if _sets(a, key)]
-    return values[-1] if values else None
-
-
 def run_folder(argv: list[str]) -> Path | None:
     """The folder this command writes its run (or, in a multirun, its jobs) into, as Hydra will
     name it; None for the default time-stamped folder (new and unique: it holds the PID)."""
     multirun = any(a in ("-m", "--multirun") for a in argv)
-    ckpt = _arg(argv, "ckpt_path")
+    ckpt = override_value(argv, "ckpt_path")
     if not multirun and ckpt not in (None, "null", "") and "${" not in ckpt:
         return Path(run_dir_for(ckpt, ""))
-    folder = _arg(argv, "hydra.sweep.dir" if multirun else "hydra.run.dir")
+    folder = override_value(argv, "hydra.sweep.dir" if multirun else "hydra.run.dir")
     return None if folder is None or "${" in folder else Path(folder)
 
 
@@ -417,11 +411,11 @@ def guard_run_folder(argv: list[str]) -> list[str]:
     a sweep's job folders, a resumed checkpoint's run."""
     import time
 
-    overwrite = (_arg(argv, "overwrite") or "false").lower() in ("true", "1", "yes")
+    overwrite = (override_value(argv, "overwrite") or "false").lower() in ("true", "1", "yes")
     argv = [a for a in argv if not _sets(a, "overwrite")]
     multirun = any(a in ("-m", "--multirun") for a in argv)
-    if _arg(argv, "ckpt_path") not in (None, "null", "") and not multirun:
-        if _arg(argv, "hydra.output_subdir") is None:
+    if override_value(argv, "ckpt_path") not in (None, "null", "") and not multirun:
+        if override_value(argv, "hydra.output_subdir") is None:
             argv.append(f"hydra.output_subdir=.hydra/resumed-{time.strftime('%Y%m%d-%H%M%S')}")
         return argv
     folder = run_folder(argv)
@@ -469,10 +463,10 @@ def check_output_location(argv: list[str]) -> None:
     from hpa.fsio import DiskFullError, disk_full_message, free_bytes
 
     multirun = any(a in ("-m", "--multirun") for a in argv)
-    folder = _arg(argv, "hydra.sweep.dir" if multirun else "hydra.run.dir")
+    folder = override_value(argv, "hydra.sweep.dir" if multirun else "hydra.run.dir")
     option = "paths.output_dir"
     if folder is None:
-        folder = _arg(argv, "paths.log_dir") or os.environ.get("HPA_LOG_DIR", "outputs")
+        folder = override_value(argv, "paths.log_dir") or os.environ.get("HPA_LOG_DIR", "outputs")
         option = "paths.log_dir"
     if "${" in folder:  # an interpolation: Hydra resolves it, and reports its own problems
         return
@@ -502,14 +496,14 @@ def main() -> None:
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     for i, arg in enumerate(argv):
         if _sets(arg, "paths.output_dir"):
-            given, other = arg.split("=", 1)[1], _arg(argv, key)
+            given, other = arg.split("=", 1)[1], override_value(argv, key)
             if other is not None and other != given:  # one folder guarded, another written
                 raise InputError(
                     f"paths.output_dir={given} and {key}={other} name two folders; give one of them"
                 )
             argv[i] = f"{key}={given}"
     # The contract's `hydra/sweeper=optuna` maximises (the plugin's default is to minimise).
-    if "hydra/sweeper=optuna" in argv and _arg(argv, "hydra.sweeper.direction") is None:
+    if "hydra/sweeper=optuna" in argv and override_value(argv, "hydra.sweeper.direction") is None:
         argv.insert(argv.index("hydra/sweeper=optuna") + 1, "hydra.sweeper.direction=maximize")
     with contextlib.ExitStack() as held:
         if not any(a in ("-h", "--help", "--cfg", "-c", "--info", "-i") for a in argv):
