@@ -228,6 +228,8 @@ def test_slurm_launcher_config_composes_with_the_clusters_partition():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     from hydra import compose, initialize_config_module
 
+    import hpa.train  # noqa: F401  (registers the resolvers train.yaml's hydra settings use)
+
     with initialize_config_module("hpa.configs", version_base="1.3"):
         cfg = compose(
             "train",
