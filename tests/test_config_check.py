@@ -88,7 +88,7 @@ def test_every_command_default_config_passes(command):
         ("seed=abc", ["seed='abc'", "an integer"]),
         ("mix.prob=2", ["mix.prob=2", "[0, 1]"]),
         ("model.pretrained=yes", ["model.pretrained='yes'", "true or false"]),
-        ("loss.name=hinge", ["loss.name='hinge'", "one of bce, focal"]),
+        ("scheduler.min_lr_ratio=2", ["scheduler.min_lr_ratio=2", "[0, 1]"]),
     ],
 )
 def test_train_values_of_the_wrong_type_or_range_name_key_value_and_expectation(override, named):

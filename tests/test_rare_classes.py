@@ -88,7 +88,12 @@ def test_datamodule_uses_the_balanced_sampler(tiny_dataset):
     from hpa.data.datamodule import HPADataModule
 
     dm = HPADataModule(
-        str(tiny_dataset), image_size=32, batch_size=4, sampler="balanced", sampler_cap=3
+        str(tiny_dataset),
+        image_size=32,
+        batch_size=4,
+        sampler="balanced",
+        sampler_cap=3,
+        num_workers=0,
     )
     dm.setup()
     loader = dm.train_dataloader()
@@ -96,9 +101,7 @@ def test_datamodule_uses_the_balanced_sampler(tiny_dataset):
         dm.train_set
     )
     assert dm.class_frequencies().shape == (NUM_CLASSES,)
-    cells = HPADataModule(
-        str(tiny_dataset), 24, 4, level="cell", sampler="balanced", persistent_workers=False
-    )
+    cells = HPADataModule(str(tiny_dataset), 24, 4, level="cell", sampler="balanced", num_workers=0)
     cells.prepare_data()
     cells.setup()
     sampler = cells.train_dataloader().sampler
@@ -107,15 +110,15 @@ def test_datamodule_uses_the_balanced_sampler(tiny_dataset):
 
 
 def test_bce_with_pos_weight_and_smoothing_by_hand():
-    logits, target = torch.tensor([[2.0]]), torch.tensor([[1.0]])
+    logits, target = torch.full((1, NUM_CLASSES), 2.0), torch.ones(1, NUM_CLASSES)
     log_p, log_not_p = -math.log1p(math.exp(-2.0)), -math.log1p(math.exp(2.0))
     assert BCELoss()(logits, target).item() == pytest.approx(-log_p, rel=1e-5)
-    weighted = BCELoss(pos_weight=[3.0])(logits, target).item()
+    weighted = BCELoss(pos_weight=[3.0] * NUM_CLASSES)(logits, target).item()
     assert weighted == pytest.approx(-3 * log_p, rel=1e-5)
     # s=0.2: target 1 -> 0.9, target 0 -> 0.1.
     smoothed = BCELoss(label_smoothing=0.2)(logits, target).item()
     assert smoothed == pytest.approx(-(0.9 * log_p + 0.1 * log_not_p), rel=1e-5)
-    zero = BCELoss(label_smoothing=0.2)(logits, torch.tensor([[0.0]])).item()
+    zero = BCELoss(label_smoothing=0.2)(logits, torch.zeros(1, NUM_CLASSES)).item()
     assert zero == pytest.approx(-(0.1 * log_p + 0.9 * log_not_p), rel=1e-5)
 
 
@@ -127,7 +130,8 @@ def test_focal_matches_torchvision_and_weights_positives_by_hand():
     theirs = sigmoid_focal_loss(logits, targets, alpha=0.25, gamma=2.0, reduction="mean")
     assert ours.item() == pytest.approx(theirs.item(), rel=1e-5)
     # logit 0, target 1: p_t = 0.5, bce = pos_weight * ln 2, loss = alpha * 0.5^2 * bce.
-    one = FocalLoss(alpha=0.25, gamma=2.0, pos_weight=[4.0])(torch.zeros(1, 1), torch.ones(1, 1))
+    ones, zeros = torch.ones(1, NUM_CLASSES), torch.zeros(1, NUM_CLASSES)
+    one = FocalLoss(alpha=0.25, gamma=2.0, pos_weight=[4.0] * NUM_CLASSES)(zeros, ones)
     assert one.item() == pytest.approx(0.25 * 0.25 * 4 * math.log(2), rel=1e-5)
     # Smoothing s=0.5: target 1 -> 0.75, so alpha_t = 0.25 * 0.75 + 0.75 * 0.25 = 0.375; p_t = 0.5.
     half = FocalLoss(alpha=0.25, gamma=2.0, label_smoothing=0.5)(
@@ -284,6 +288,7 @@ def test_pos_weight_auto_comes_from_the_training_set(tiny_dataset):
         model=dict(cfg.model),
         optimizer=dict(cfg.optimizer),
         loss=dict(cfg.loss),
+        scheduler=dict(cfg.scheduler),
         class_names=[str(i) for i in range(NUM_CLASSES)],
         image_size=32,
     )

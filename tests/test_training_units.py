@@ -14,10 +14,12 @@ import torch
 from safetensors.torch import load_file
 
 from hpa.cli import compose
+from hpa.errors import InputError
 from hpa.train import train
 from hpa.training.finish import gather_predictions
 from hpa.training.mixing import mix_batch
-from hpa.training.module import HPAModule, warmup_cosine
+from hpa.training.module import HPAModule
+from hpa.training.schedules import warmup_cosine
 from test_train import run_cli
 from tiny_train import tiny
 
@@ -215,8 +217,8 @@ def test_optimizer_sees_the_schedule_in_a_trainer_run(tiny_dataset, tmp_path, mo
         tmp_path / "run",
         "trainer.max_epochs=3",
         f"optimizer.lr={lr}",
-        "optimizer.warmup_epochs=1",
-        f"optimizer.min_lr_ratio={min_ratio}",
+        "scheduler.warmup_epochs=1",
+        f"scheduler.min_lr_ratio={min_ratio}",
         "export=false",
     )
     train(compose("train", args))
@@ -227,6 +229,32 @@ def test_optimizer_sees_the_schedule_in_a_trainer_run(tiny_dataset, tmp_path, mo
     assert all(b < a for a, b in zip(seen[3:], seen[4:], strict=False)), seen
     assert seen == pytest.approx([lr * warmup_cosine(s, 3, 9, min_ratio) for s in range(9)])
     assert final == pytest.approx([lr * min_ratio])  # after the last step's scheduler step
+
+
+def test_a_module_of_before_the_config_groups_builds_the_same_parts():
+    """A checkpoint's hparams of before: `loss.name` and AdamW's keys with the schedule's."""
+    cfg = compose("train", ["model.backbone=test_resnet", "paths.output_dir=x"])
+    module = HPAModule(
+        model=dict(cfg.model),
+        optimizer={"lr": 2e-3, "weight_decay": 0.1, "warmup_epochs": 2, "min_lr_ratio": 0.05},
+        loss={"name": "focal", "gamma": 1.5, "pos_weight": None, "label_smoothing": 0.0},
+        class_names=[str(i) for i in range(19)],
+        image_size=32,
+    )
+    assert type(module.criterion).__name__ == "FocalLoss" and module.criterion.gamma == 1.5
+    assert module.criterion.alpha == 0.25  # loss/focal.yaml's, where the old node had none
+    optimizer, scheduler = module.hparams.optimizer, module.hparams.scheduler
+    assert optimizer["_target_"] == "torch.optim.AdamW"
+    assert (optimizer["lr"], optimizer["weight_decay"]) == (2e-3, 0.1)
+    assert (scheduler["warmup_epochs"], scheduler["min_lr_ratio"]) == (2, 0.05)
+    with pytest.raises(InputError, match="optimizer.betas_typo is not an option"):
+        HPAModule(
+            model=dict(cfg.model),
+            optimizer={**dict(cfg.optimizer), "betas_typo": 1},
+            loss=dict(cfg.loss),
+            class_names=[str(i) for i in range(19)],
+            image_size=32,
+        )
 
 
 # --- DDP validation predictions back into dataset order -------------------------------------

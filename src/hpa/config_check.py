@@ -182,12 +182,11 @@ _TRAIN: dict[str, Rule] = {
     "trainer.gradient_clip_val": number(ge=0, nullable=True),
     "optimizer.lr": number(gt=0),
     "optimizer.weight_decay": number(ge=0),
-    "optimizer.warmup_epochs": number(ge=0),
-    "optimizer.min_lr_ratio": number(ge=0, le=1),
+    "scheduler.warmup_epochs": number(ge=0),
+    "scheduler.min_lr_ratio": number(ge=0, le=1),
     "mix.mixup_alpha": number(ge=0),
     "mix.cutmix_alpha": number(ge=0),
     "mix.prob": number(ge=0, le=1),
-    "loss.name": choice("bce", "focal"),
     "loss.pos_weight": Rule(
         "null, auto or a list of 19 positive numbers",
         lambda v: (

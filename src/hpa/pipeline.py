@@ -17,16 +17,16 @@ from hpa.data.datamodule import HPADataModule
 
 def segmenter_factory(segmenter_cfg: Mapping[str, Any] | None):
     """(picklable callable that builds the configured segmenter, key naming its settings)."""
-    from hpa.segment.factory import segmenter_from_config
+    from hpa.segment.factory import segmenter_from_config, segmenter_label
 
     if not segmenter_cfg:
         return None, ""
-    options = dict(segmenter_cfg)
-    name = options.pop("name")
+    options = {k: v for k, v in segmenter_cfg.items() if k != "_target_"}
     digest = hashlib.blake2b(
         json.dumps(options, sort_keys=True, default=str).encode(), digest_size=4
     ).hexdigest()
-    return functools.partial(segmenter_from_config, dict(segmenter_cfg)), f"{name}-{digest}"
+    label = segmenter_label(segmenter_cfg)
+    return functools.partial(segmenter_from_config, dict(segmenter_cfg)), f"{label}-{digest}"
 
 
 def build_datamodule(

@@ -42,7 +42,7 @@ def predict(cfg: DictConfig, explicit: set[str] | None = None) -> Path:
     from hpa.inference.predictor import PredictOptions, Predictor
     from hpa.inference.weights import resolve_model_weights
     from hpa.models.export import model_checksums
-    from hpa.segment.factory import segmenter_from_config
+    from hpa.segment.factory import segmenter_from_config, segmenter_label
     from hpa.submission.writer import SubmissionWriter, prediction_string, read_sample_submission
 
     # A GPU this torch cannot run (a P100 with a cu128 build) stops here or falls back to the
@@ -64,7 +64,7 @@ def predict(cfg: DictConfig, explicit: set[str] | None = None) -> Path:
         [c.level for c in classifiers],
         [c.weight for c in classifiers],
         device,
-        cfg.segmenter.name,
+        segmenter_label(container(cfg.segmenter)),
     )
 
     fingerprint = OmegaConf.to_container(cfg, resolve=True)
@@ -157,14 +157,14 @@ def find_auto_inputs(cfg: DictConfig) -> None:
         sample = Path(cfg.sample_submission)
         cfg.input_dir = str(find_test_dir(root, sample, param="input_dir"))
         log.info("predict: input_dir=auto found %s", cfg.input_dir)
-    if cfg.segmenter.get("name") == "hpacellseg":  # its weights attached: segmenter.KEY=auto
-        from hpa.kaggle.inputs import find_hpacellseg_weight
+    # HPA-Cell-Segmentation's weights attached (segmenter=hpacellseg or a subclass): KEY=auto.
+    for key in ("nuclei_model", "cell_model"):
+        if is_auto(cfg.segmenter.get(key)):
+            from hpa.kaggle.inputs import find_hpacellseg_weight
 
-        for key in ("nuclei_model", "cell_model"):
-            if is_auto(cfg.segmenter.get(key)):
-                found = find_hpacellseg_weight(key, root, param=f"segmenter.{key}")
-                cfg.segmenter[key] = str(found)
-                log.info("predict: segmenter.%s=auto found %s", key, found)
+            found = find_hpacellseg_weight(key, root, param=f"segmenter.{key}")
+            cfg.segmenter[key] = str(found)
+            log.info("predict: segmenter.%s=auto found %s", key, found)
 
 
 def container(value):

@@ -102,6 +102,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     module = module_cls(
         model=OmegaConf.to_container(cfg.model, resolve=True),
         optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
+        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
         loss=OmegaConf.to_container(cfg.loss, resolve=True),
         class_names=CLASS_NAMES,
         image_size=cfg.data.image_size,
@@ -541,12 +542,15 @@ def precompose(argv: list[str]) -> None:
 
     if any(a in ("-m", "--multirun") for a in argv) or _missing_extra(argv):
         return
-    overrides = [  # Hydra's own settings and guard_run_folder's overwrite left out
+    overrides = [  # Hydra's own settings (but the user's config folders) and overwrite left out
         a
         for a in argv
         if "=" in a
         and not a.startswith("-")
-        and not override_key(a).startswith(("hydra.", "hydra/"))
+        and (
+            override_key(a) == "hydra.searchpath"
+            or not override_key(a).startswith(("hydra.", "hydra/"))
+        )
         and not _sets(a, "overwrite")
     ]
     try:

@@ -71,12 +71,19 @@ CUSTOM = {
 
 
 def build_transform(steps: Sequence[Mapping[str, Any]] | None) -> A.Compose | None:
-    """`[{name: Flip, p: 0.5}, ...]` -> `A.Compose`; None or [] -> no augmentation."""
+    """`[{name: Flip, p: 0.5}, ...]` -> `A.Compose`; None or [] -> no augmentation. A step is an
+    albumentations class by `name` (or one of CUSTOM), or any transform by `_target_` (a user's
+    own, docs/extending.md), built through hpa.build."""
     if not steps:
         return None
     ops = []
     for step in steps:
         step = dict(step)
+        if "_target_" in step:
+            from hpa.build import build
+
+            ops.append(build(step, "data.augment step"))
+            continue
         name = step.pop("name", None)
         cls = CUSTOM.get(name) or getattr(A, str(name), None)
         if cls is None:

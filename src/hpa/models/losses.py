@@ -1,5 +1,8 @@
 """Multilabel losses: BCE and sigmoid focal loss, with optional `pos_weight` and label smoothing.
 
+The `loss` config group (configs/loss/*.yaml) names one of them by its `_target_`; a user's own
+loss is any nn.Module `(logits, targets) -> scalar` named the same way (docs/extending.md).
+
 Both take soft targets (mixup, label smoothing, self-training's per-cell targets). `pos_weight`
 scales the positive term of every class (`auto`: from the training set's class frequencies,
 see `auto_pos_weight`); it is a non-persistent buffer, so checkpoints and resumes keep the same
@@ -33,10 +36,18 @@ def auto_pos_weight(frequencies: Sequence[float] | np.ndarray, max_weight: float
 
 
 class _MultilabelLoss(nn.Module):
-    def __init__(self, pos_weight: Sequence[float] | None, label_smoothing: float):
+    """`pos_weight`: null, auto (the module sets it from the training set's class frequencies,
+    clipped to [1, pos_weight_max]) or a list of 19 positive numbers."""
+
+    def __init__(self, pos_weight, pos_weight_max: float, label_smoothing: float):
         super().__init__()
+        if not 0.0 <= label_smoothing < 1.0:
+            raise InputError(f"loss.label_smoothing={label_smoothing}: use a number in [0, 1)")
         self.label_smoothing = float(label_smoothing)
-        weight = None if pos_weight is None else torch.as_tensor(pos_weight, dtype=torch.float32)
+        self.pos_weight_auto = pos_weight == "auto"
+        self.pos_weight_max = float(pos_weight_max)
+        weight = _pos_weight_value(pos_weight)
+        weight = None if weight is None else torch.as_tensor(weight, dtype=torch.float32)
         self.register_buffer("pos_weight", weight, persistent=False)
 
     def set_pos_weight(self, pos_weight: Sequence[float] | np.ndarray) -> None:
@@ -60,8 +71,8 @@ class _MultilabelLoss(nn.Module):
 class BCELoss(_MultilabelLoss):
     """Mean binary cross-entropy over samples and classes."""
 
-    def __init__(self, pos_weight: Sequence[float] | None = None, label_smoothing: float = 0.0):
-        super().__init__(pos_weight, label_smoothing)
+    def __init__(self, pos_weight=None, pos_weight_max: float = 10.0, label_smoothing: float = 0.0):
+        super().__init__(pos_weight, pos_weight_max, label_smoothing)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return self.bce(logits, self.smooth(targets.to(logits.dtype))).mean()
@@ -75,10 +86,11 @@ class FocalLoss(_MultilabelLoss):
         self,
         alpha: float = 0.25,
         gamma: float = 2.0,
-        pos_weight: Sequence[float] | None = None,
+        pos_weight=None,
+        pos_weight_max: float = 10.0,
         label_smoothing: float = 0.0,
     ):
-        super().__init__(pos_weight, label_smoothing)
+        super().__init__(pos_weight, pos_weight_max, label_smoothing)
         self.alpha, self.gamma = alpha, gamma
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -108,20 +120,9 @@ def _pos_weight_value(pos_weight) -> list[float] | None:
     return [float(v) for v in values]
 
 
-def build_loss(
-    name: str,
-    pos_weight=None,
-    pos_weight_max: float = 10.0,
-    label_smoothing: float = 0.0,
-    **kwargs,
-) -> nn.Module:
-    """The loss of the `loss` config group. `pos_weight_max` is used by `auto` only (the module
-    calls `set_pos_weight(auto_pos_weight(...))` once the training set exists)."""
-    if not 0.0 <= label_smoothing < 1.0:
-        raise InputError(f"loss.label_smoothing={label_smoothing}: use a number in [0, 1)")
-    weight = _pos_weight_value(pos_weight)
-    if name == "bce":
-        return BCELoss(pos_weight=weight, label_smoothing=label_smoothing, **kwargs)
-    if name == "focal":
-        return FocalLoss(pos_weight=weight, label_smoothing=label_smoothing, **kwargs)
-    raise InputError(f"unknown loss {name!r}; choose one of: bce, focal")
+def build_loss(name: str, **options) -> nn.Module:
+    """hpa's loss `name` (configs/loss/NAME.yaml: bce, focal) with `options` over its defaults,
+    as `loss=NAME loss.KEY=VALUE` builds it."""
+    from hpa.build import build, option
+
+    return build({**option("loss", name), **options}, "loss")

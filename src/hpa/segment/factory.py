@@ -1,68 +1,41 @@
-"""One entry point for segmenters: `build_segmenter("watershed")`, `build_segmenter("hpacellseg", ...)`."""
+"""Segmenters from config: a `segmenter` node (`_target_` + options) through `hpa.build`.
+
+hpa's own are the `configs/segmenter/*.yaml` group (watershed, hpacellseg, truth); a user's own is
+a YAML with its `_target_` in a folder of `hydra.searchpath` (docs/extending.md). Anything with a
+`segment(image) -> Segmentation` method will do (hpa.segment.base.Segmenter).
+"""
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from hpa.errors import InputError
+from hpa.build import build, option, option_names, with_target
 from hpa.segment.base import Segmenter
 
-
-def _watershed() -> type:
-    from hpa.segment.watershed import WatershedSegmenter
-
-    return WatershedSegmenter
+GROUP = "segmenter"
 
 
-def _hpacellseg() -> type:
-    from hpa.segment.hpacellseg import HPACellSegmenter
-
-    return HPACellSegmenter
-
-
-def _truth() -> type:
-    from hpa.segment.truth import TruthSegmenter
-
-    return TruthSegmenter
-
-
-# Lazy: naming a segmenter imports only its own module (hpacellseg pulls in torch).
-SEGMENTERS: dict[str, Callable[[], type]] = {
-    "watershed": _watershed,
-    "hpacellseg": _hpacellseg,
-    "truth": _truth,
-}
+def segmenter_names() -> list[str]:
+    """hpa's own segmenters, by their `segmenter=NAME`."""
+    return option_names(GROUP)
 
 
 def build_segmenter(name: str, **options: Any) -> Segmenter:
-    """The segmenter called `name`, configured by `options` (its dataclass fields)."""
-    if name not in SEGMENTERS:
-        raise InputError(f"unknown segmenter {name!r}; choose one of {', '.join(SEGMENTERS)}")
-    cls = SEGMENTERS[name]()
-    valid = [f.name for f in dataclasses.fields(cls) if f.init]
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise InputError(
-            f"segmenter {name} has no option {unknown[0]!r}; its options are {', '.join(valid)}"
-        )
-    missing = [k for k in valid if k in options and options[k] is None and _required(cls, k)]
-    if missing:
-        raise InputError(
-            f"segmenter {name} needs {missing[0]}=...; set it (e.g. segmenter.{missing[0]}=PATH)"
-        )
-    return cls(**options)
+    """hpa's segmenter `name` (configs/segmenter/NAME.yaml) with `options` over its defaults."""
+    return segmenter_from_config({**option(GROUP, name), **options})
 
 
 def segmenter_from_config(config: Mapping[str, Any]) -> Segmenter:
-    """`{"name": "watershed", **options}` (a `configs/segmenter/*.yaml` group) -> segmenter."""
-    options = dict(config)
-    if "name" not in options:
-        raise InputError(f"segmenter config has no 'name'; choose one of {', '.join(SEGMENTERS)}")
-    return build_segmenter(options.pop("name"), **options)
+    """A `segmenter` config node -> the segmenter (an older `{name: ..., ...}` node too)."""
+    return build(with_target(config, GROUP), GROUP)
 
 
-def _required(cls: type, name: str) -> bool:
-    field = next(f for f in dataclasses.fields(cls) if f.name == name)
-    return field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+def segmenter_label(config: Mapping[str, Any]) -> str:
+    """A short name for logs and cache keys: hpa's option name (`watershed`, as cell caches made
+    before the `_target_` nodes are keyed), else the target's class name."""
+    target = str(with_target(config, GROUP)["_target_"])
+    for name in segmenter_names():
+        if option(GROUP, name)["_target_"] == target:
+            return name
+    return target.rsplit(".", 1)[-1]

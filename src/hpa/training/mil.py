@@ -43,6 +43,7 @@ class MILModule(HPAModule):
         image_size: int,
         level: str = "cell",
         mix: dict[str, float] | None = None,
+        scheduler: dict[str, Any] | None = None,
     ):
         if (mix or {}).get("prob", 0.0) > 0:
             raise InputError(
@@ -52,7 +53,7 @@ class MILModule(HPAModule):
             raise InputError(
                 "model.cam.puzzle_weight > 0 is for image models; set it to 0 with model=mil"
             )
-        super().__init__(model, optimizer, loss, class_names, image_size, level, mix)
+        super().__init__(model, optimizer, loss, class_names, image_size, level, mix, scheduler)
         mil = model["mil"]
         self.pool = CellPool(
             mil["pool"],

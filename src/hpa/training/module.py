@@ -1,8 +1,8 @@
-"""The Lightning module: loss, AdamW with warm-up + cosine, mAP / per-class AP / F1 on validation."""
+"""The Lightning module: the configured loss, optimizer and schedule; mAP / per-class AP / F1 on
+validation."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,24 +11,18 @@ import pytorch_lightning as pl
 import torch
 from torchmetrics.classification import MultilabelAveragePrecision, MultilabelF1Score
 
+from hpa.build import build, with_target
 from hpa.models.cam import puzzle_logits
 from hpa.models.factory import create_backbone
-from hpa.models.losses import build_loss
 from hpa.models.net import HPANet
 from hpa.training.mixing import mix_batch
 
 
-def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
-    """LR multiplier: linear warm-up to 1, then cosine down to `min_ratio`."""
-    if step < warmup:
-        return (step + 1) / max(1, warmup)
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
 class HPAModule(pl.LightningModule):
-    """`model`, `optimizer`, `loss` and `mix` are the config groups of the same names, whole: the
-    YAML under configs/ is the one place defaults live (no second set here to disagree with)."""
+    """`model`, `optimizer`, `scheduler`, `loss` and `mix` are the config groups of the same names,
+    whole: the YAML under configs/ is the one place defaults live (no second set here to disagree
+    with). `loss`, `optimizer` and `scheduler` are `_target_` nodes (hpa.build); the two older
+    forms a checkpoint may hold (`loss.name`, AdamW keys with the schedule's) are read too."""
 
     def __init__(
         self,
@@ -39,9 +33,24 @@ class HPAModule(pl.LightningModule):
         image_size: int,
         level: str = "image",
         mix: dict[str, float] | None = None,
+        scheduler: dict[str, Any] | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters()
+        optimizer, scheduler = _optimizer_nodes(optimizer, scheduler)
+        loss = with_target(loss, "loss")
+        # Explicitly, as normalised here: what load_from_checkpoint passes back to the class.
+        self.save_hyperparameters(
+            {
+                "model": model,
+                "optimizer": optimizer,
+                "scheduler": scheduler,
+                "loss": loss,
+                "class_names": list(class_names),
+                "image_size": image_size,
+                "level": level,
+                "mix": mix,
+            }
+        )
         self.class_names = list(class_names)
         self.lr = optimizer["lr"]  # an attribute, so that Lightning's LR finder can set it
         self.mix = mix or {}
@@ -59,21 +68,24 @@ class HPAModule(pl.LightningModule):
         self.net = HPANet(backbone, mean=model["mean"], std=model["std"])
         if model["channels_last"]:
             self.net = self.net.to(memory_format=torch.channels_last)
-        loss = dict(loss)
         if model["compile"]:
             self.net.compile()  # in place: state_dict keys (and exports) stay unchanged
-        self.criterion = build_loss(loss.pop("name"), **loss)
+        self.criterion = build(loss, "loss")
+        # The optimizer and schedule are built when training starts; a wrong option is refused
+        # now, in the first second, not after the data is read.
+        build(optimizer, "optimizer")
+        build(scheduler, "scheduler")
         self.val_ap = MultilabelAveragePrecision(num_labels=n, average=None)
         self.val_f1 = MultilabelF1Score(num_labels=n, average="macro")
 
     def setup(self, stage: str) -> None:
         # loss.pos_weight=auto: from the training set's class frequencies (hpa.models.losses).
-        if stage == "fit" and self.hparams.loss.get("pos_weight") == "auto":
+        if stage == "fit" and getattr(self.criterion, "pos_weight_auto", False):
             from hpa.models.losses import auto_pos_weight
 
             frequencies = self.trainer.datamodule.class_frequencies()
             self.criterion.set_pos_weight(
-                auto_pos_weight(frequencies, self.hparams.loss["pos_weight_max"])
+                auto_pos_weight(frequencies, self.criterion.pos_weight_max)
             )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -128,13 +140,32 @@ class HPAModule(pl.LightningModule):
         self.val_f1.reset()
 
     def configure_optimizers(self):
-        cfg = self.hparams.optimizer
-        opt = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=cfg["weight_decay"])
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        epochs = max(1, self.trainer.max_epochs or 1)
-        warmup = int(round(cfg["warmup_epochs"] * total / epochs))
-        min_ratio = cfg["min_lr_ratio"]
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: warmup_cosine(step, warmup, total, min_ratio)
+        options = {"lr": self.lr} if "lr" in self.hparams.optimizer else {}
+        opt = build(self.hparams.optimizer, "optimizer")(self.parameters(), **options)
+        sched = build(self.hparams.scheduler, "scheduler")(
+            opt,
+            total_steps=max(1, int(self.trainer.estimated_stepping_batches)),
+            max_epochs=max(1, self.trainer.max_epochs or 1),
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def _optimizer_nodes(
+    optimizer: dict[str, Any], scheduler: dict[str, Any] | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(optimizer, scheduler) `_target_` nodes; a checkpoint of before the two groups holds
+    AdamW's lr and weight_decay with the schedule's warmup_epochs and min_lr_ratio in one."""
+    from hpa.build import option
+
+    optimizer = dict(optimizer)
+    if "_target_" not in optimizer:  # the older form
+        old = optimizer
+        optimizer = {**option("optimizer", "adamw"), "lr": old["lr"]}
+        optimizer["weight_decay"] = old.get("weight_decay", optimizer["weight_decay"])
+        if scheduler is None:
+            scheduler = {**option("scheduler", "warmup_cosine")}
+            for key in ("warmup_epochs", "min_lr_ratio"):
+                scheduler[key] = old.get(key, scheduler[key])
+    if scheduler is None:
+        scheduler = option("scheduler", "warmup_cosine")
+    return optimizer, dict(scheduler)
