@@ -78,8 +78,8 @@ class HPADataModule(pl.LightningDataModule):
         fold_seed: int = 42,
         train_csv: str = "train.csv",
         image_dir: str = "train",
-        num_workers: int = 0,
-        pin_memory: bool = False,
+        num_workers: int = 8,
+        pin_memory: bool = True,
         persistent_workers: bool = True,
         augment: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
         level: str = "image",
@@ -92,11 +92,18 @@ class HPADataModule(pl.LightningDataModule):
         segmenter: Callable[[], Any] | None = None,
         segmenter_key: str = "",
         sampler: str | None = None,
-        sampler_cap: float | None = None,
+        sampler_cap: float | None = 10,
         negative_aug: Mapping[str, float] | None = None,
         cell_targets: str | None = None,
     ):
         super().__init__()
+        # One place for defaults, the YAML: None takes data/default.yaml's augment, negative_aug.
+        if augment is None or negative_aug is None:
+            from hpa.build import option
+
+            base = option("data", "default")
+            augment = base["augment"] if augment is None else augment
+            negative_aug = base["negative_aug"] if negative_aug is None else negative_aug
         # Rare classes and self-training (training set only; validation stays as labelled).
         if sampler not in (None, "balanced"):
             raise InputError(f"data.sampler={sampler!r}: use null or balanced")
@@ -112,7 +119,7 @@ class HPADataModule(pl.LightningDataModule):
         self.train_csv, self.image_dir = train_csv, image_dir
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
-        self.augment = augment or {}
+        self.augment = augment
         # Folds keep a group's rows together when the table has this column (data/merged.yaml).
         self.group_column = group_column
         # level=cell: samples are cell crops of image_size px, each with its image's labels.
