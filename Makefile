@@ -78,12 +78,13 @@ docs: install
 # The whole suite, lint and the manual included: this is what CI runs. Test files run in
 # TEST_WORKERS processes (pytest-xdist, one file per process so module fixtures are built once):
 # on 2 cores the suite waits on subprocesses and I/O half the time, which a second process fills.
-# Each process gets one torch thread so that the two do not fight over the cores.
+# Each process gets one torch thread so that the two do not fight over the cores. Files start
+# longest first (tests/conftest.py LONGEST_FIRST), not in xdist's order by number of tests.
 # TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
 test: install lint docs chromium
 	@$(RUN) -m compileall -q src  # hpa's own bytecode, for the same reason as install's --compile
-	OMP_NUM_THREADS=1 $(RUN) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(RUN) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 # The HTML reports' tests open them in a real headless browser: Debian's chromium, installed
 # when missing (CI runs as root; elsewhere the tests that need it skip).

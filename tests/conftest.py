@@ -6,7 +6,32 @@ import pytest
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# The files that take longest (seconds on an idle 2-core box, `--durations`), in the order the
+# workers should start them: longest first, so that the two finish together instead of one
+# waiting while the other runs a long file it took last (the Makefile turns off pytest-xdist's
+# own order, by number of tests, with --no-loadscope-reorder). The rest follow in name order.
+LONGEST_FIRST = [
+    "test_faults.py",  # 243 s
+    "test_hpacellseg.py",  # 201
+    "test_kaggle_env.py",  # 184
+    "test_train_safety.py",  # 146
+    "test_learning.py",  # 123, one module fixture
+    "test_train.py",  # 123
+    "test_launchers.py",  # 95
+    "test_show.py",  # 83
+    "test_benchmark.py",  # 58
+    "test_entry_points.py",  # 52
+    "test_doctor.py",  # 49
+    "test_extending.py",  # ~40
+    "test_kaggle_data.py",  # 37
+    "test_config_check.py",  # 36
+]
 REAL_FIXTURES = PROJECT_ROOT.parent / "shared" / "fixtures" / "hpa_real"
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable within a file
 
 
 @pytest.fixture(scope="session")
