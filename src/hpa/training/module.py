@@ -52,7 +52,8 @@ class HPAModule(pl.LightningModule):
             }
         )
         self.class_names = list(class_names)
-        self.lr = optimizer["lr"]  # an attribute, so that Lightning's LR finder can set it
+        # An attribute, so that Lightning's LR finder can set it (None: an optimizer without lr).
+        self.lr = optimizer.get("lr")
         self.mix = mix or {}
         self._mix_rng = np.random.default_rng(0)
         n = len(self.class_names)
