@@ -44,6 +44,12 @@ def option(group: str, name: str) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.create(text), resolve=False)
 
 
+def build_option(group: str, name: str, **options: Any) -> Any:
+    """hpa's option `name` of `group` (configs/GROUP/NAME.yaml) with `options` over its
+    defaults, built as `GROUP=NAME GROUP.KEY=VALUE` on a command line builds it."""
+    return build({**option(group, name), **options}, group)
+
+
 def with_target(node: Mapping[str, Any], group: str) -> dict[str, Any]:
     """`node` as a plain dict with a `_target_`: an older `{name: NAME, ...}` node becomes the
     group option NAME with the node's other values over its defaults."""

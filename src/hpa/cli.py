@@ -9,9 +9,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from hpa.build import CONFIG_MODULE
 from hpa.errors import InputError
 
-CONFIG_MODULE = "hpa.configs"
 GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic/"
 
 

@@ -123,6 +123,6 @@ def _pos_weight_value(pos_weight) -> list[float] | None:
 def build_loss(name: str, **options) -> nn.Module:
     """hpa's loss `name` (configs/loss/NAME.yaml: bce, focal) with `options` over its defaults,
     as `loss=NAME loss.KEY=VALUE` builds it."""
-    from hpa.build import build, option
+    from hpa.build import build_option
 
-    return build({**option("loss", name), **options}, "loss")
+    return build_option("loss", name, **options)

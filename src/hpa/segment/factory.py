@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from hpa.build import build, option, option_names, with_target
+from hpa.build import build, build_option, option, option_names, with_target
 from hpa.segment.base import Segmenter
 
 GROUP = "segmenter"
@@ -23,7 +23,7 @@ def segmenter_names() -> list[str]:
 
 def build_segmenter(name: str, **options: Any) -> Segmenter:
     """hpa's segmenter `name` (configs/segmenter/NAME.yaml) with `options` over its defaults."""
-    return segmenter_from_config({**option(GROUP, name), **options})
+    return build_option(GROUP, name, **options)
 
 
 def segmenter_from_config(config: Mapping[str, Any]) -> Segmenter:
